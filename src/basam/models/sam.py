@@ -1,0 +1,152 @@
+"""The Segment Anything model: image encoder + prompt encoder + mask decoder, at any resolution."""
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..attention import AttentionConfig, set_attention
+from .mask_decoder_hq import MaskDecoderHQ, check_fusion
+from .prompt_encoder import PromptEncoder
+from .transformer import Attention as DecoderAttention
+
+
+@dataclass
+class ImageFeatures:
+    """What the image encoder computed for a batch of images.
+
+    Attributes:
+        embeddings: (B, C, h, w) image embeddings.
+        interm: early encoder features (B, h, w, C') that HQ-SAM fuses (empty use for plain SAM).
+        input_size: (H, W) of the padded encoder input in pixels (H = 16 h).
+    """
+
+    embeddings: Tensor
+    interm: List[Tensor]
+    input_size: Tuple[int, int]
+
+    @property
+    def grid(self) -> Tuple[int, int]:
+        return tuple(self.embeddings.shape[-2:])
+
+    def select(self, index: int) -> "ImageFeatures":
+        """The features of one image of the batch, keeping a batch dimension of 1."""
+        return ImageFeatures(self.embeddings[index : index + 1], [t[index : index + 1] for t in self.interm], self.input_size)
+
+
+class Sam(nn.Module):
+    """SAM, MobileSAM or HQ-SAM, depending on the encoder and decoder it is built with.
+
+    ``img_size`` is the pretraining input size (1024 for every official model); it sets N_train for
+    BA-SAM and is the default working resolution.
+    """
+
+    mask_threshold: float = 0.0
+    image_format: str = "RGB"
+
+    def __init__(self, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: nn.Module,
+                 pixel_mean: Sequence[float] = (123.675, 116.28, 103.53), pixel_std: Sequence[float] = (58.395, 57.12, 57.375),
+                 name: str = "sam") -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+        self.name = name
+        self.img_size = image_encoder.img_size
+        grid = self.img_size // 16
+        for m in self.mask_decoder.modules():
+            if isinstance(m, DecoderAttention):
+                m.train_image_tokens = grid * grid
+        self.attention_config = AttentionConfig()
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def is_hq(self) -> bool:
+        return isinstance(self.mask_decoder, MaskDecoderHQ)
+
+    # --- configuration ------------------------------------------------------------------------
+
+    def set_attention(self, config: "AttentionConfig | str", reset_slopes: bool = True, **overrides) -> AttentionConfig:
+        """Switch every attention layer to ``config`` (a preset name or an AttentionConfig)."""
+        self.attention_config = set_attention(self, config, reset_slopes=reset_slopes, **overrides)
+        return self.attention_config
+
+    def set_hq_fusion(self, mode: str) -> None:
+        if not self.is_hq:
+            raise ValueError(f"{self.name} has no HQ-Output token; hq_fusion applies to sam_hq_* models")
+        self.mask_decoder.hq_fusion = check_fusion(mode)
+
+    # --- the three stages ---------------------------------------------------------------------
+
+    def padded_size(self, resolution: int) -> int:
+        """The square side the encoder runs at for a longest side of ``resolution`` px."""
+        m = self.image_encoder.pad_multiple
+        return int(math.ceil(resolution / m) * m)
+
+    def preprocess(self, x: Tensor, resolution: Optional[int] = None) -> Tensor:
+        """Normalise (B, 3, h, w) pixels in 0..255 and zero-pad to a square of ``padded_size``."""
+        side = self.padded_size(resolution or max(x.shape[-2:]))
+        x = (x - self.pixel_mean) / self.pixel_std
+        h, w = x.shape[-2:]
+        if h > side or w > side:
+            raise ValueError(f"image {h}x{w} does not fit the {side}x{side} encoder input")
+        return F.pad(x, (0, side - w, 0, side - h))
+
+    def encode(self, x: Tensor) -> ImageFeatures:
+        """Encode preprocessed images (B, 3, S, S)."""
+        emb, interm = self.image_encoder(x)
+        return ImageFeatures(emb, interm if self.is_hq else [], (x.shape[-2], x.shape[-1]))
+
+    def decode(self, features: ImageFeatures, point_coords: Optional[Tensor] = None, point_labels: Optional[Tensor] = None,
+               boxes: Optional[Tensor] = None, mask_inputs: Optional[Tensor] = None, multimask_output: bool = True,
+               hq_token_only: Optional[bool] = None) -> Tuple[Tensor, Tensor]:
+        """Low-resolution mask logits (B, M, 4h, 4w) and IoU predictions (B, M).
+
+        Prompts are in the padded input frame. ``features`` holds one image (shared by all B
+        prompts) or B images (one prompt set each).
+        """
+        points = (point_coords, point_labels) if point_coords is not None else None
+        sparse, dense = self.prompt_encoder(points, boxes, mask_inputs, input_size=features.input_size, grid=features.grid)
+        kwargs: Dict[str, Any] = {}
+        if self.is_hq:
+            kwargs = dict(hq_token_only=hq_token_only, interm_embeddings=features.interm)
+        return self.mask_decoder(
+            image_embeddings=features.embeddings,
+            image_pe=self.prompt_encoder.get_dense_pe(features.grid),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+            **kwargs,
+        )
+
+    def postprocess_masks(self, masks: Tensor, input_size: Tuple[int, int], original_size: Tuple[int, int], padded_size: Tuple[int, int]) -> Tensor:
+        """Upscale (B, M, 4h, 4w) logits to the padded input, crop the padding, resize to the original."""
+        masks = F.interpolate(masks, padded_size, mode="bilinear", align_corners=False)
+        masks = masks[..., : input_size[0], : input_size[1]]
+        return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
+
+    def forward(self, batched_input: List[Dict[str, Any]], multimask_output: bool, hq_token_only: Optional[bool] = None) -> List[Dict[str, Tensor]]:
+        """End-to-end prediction with the official ``Sam.forward`` contract (no ``no_grad``).
+
+        Each record: ``image`` (3, h, w) already resized, ``original_size``, and optional
+        ``point_coords``/``point_labels``/``boxes``/``mask_inputs`` in the resized frame;
+        ``resolution`` (optional) sets the encoder input side.
+        """
+        side = max(self.padded_size(r.get("resolution") or max(r["image"].shape[-2:])) for r in batched_input)
+        images = torch.stack([self.preprocess(r["image"], side) for r in batched_input], dim=0)
+        feats = self.encode(images)
+        outputs = []
+        for i, rec in enumerate(batched_input):
+            low_res, iou = self.decode(feats.select(i), rec.get("point_coords"), rec.get("point_labels"), rec.get("boxes"),
+                                       rec.get("mask_inputs"), multimask_output, hq_token_only)
+            masks = self.postprocess_masks(low_res, tuple(rec["image"].shape[-2:]), tuple(rec["original_size"]), feats.input_size)
+            outputs.append({"masks": masks > self.mask_threshold, "iou_predictions": iou, "low_res_logits": low_res})
+        return outputs
