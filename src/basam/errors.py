@@ -1,6 +1,6 @@
 """Errors that carry a one-line, user-facing message.
 
-The CLI turns any :class:`BasamError` into ``error: <message>`` on stderr and exit code 2,
+The CLI turns any :class:`BasamError` into ``basam: error: <message>`` on stderr and exit code 2,
 without a traceback. Library users can catch the specific subclasses.
 """
 

@@ -10,7 +10,7 @@ import torch
 
 from .attention import AttentionConfig
 from .checkpoint import load_weights, read_state_dict
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
 from .models.registry import build_sam, get_spec, shrink
 from .models.sam import Sam
 
@@ -59,7 +59,7 @@ def load_model(
         spec = shrink(spec, **dict(architecture))
     config = AttentionConfig.coerce(attention, **attention_overrides)
     if hq_fusion is not None and not spec.hq:
-        raise CheckpointError(f"hq_fusion applies to sam_hq_* models, not {name}")
+        raise InputError(f"hq_fusion applies to sam_hq_* models, not {name}")
     model = build_sam(spec, config, hq_fusion=hq_fusion or "add")
     path = resolve_checkpoint(name, checkpoint, download=download, progress=progress)
     sd = read_state_dict(path)

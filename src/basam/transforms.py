@@ -31,7 +31,7 @@ class ResizeLongestSide:
         h, w = self.get_preprocess_shape(image.shape[0], image.shape[1], self.target_length)
         if (h, w) == tuple(image.shape[:2]):
             return np.ascontiguousarray(image)
-        return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+        return np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
     def apply_coords(self, coords: np.ndarray, original_size: Tuple[int, ...]) -> np.ndarray:
         """(..., 2) x, y in the original frame -> the resized frame (float)."""

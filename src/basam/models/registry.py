@@ -4,7 +4,7 @@ Each entry records the official architecture. Keyword overrides shrink a variant
 heads, ...) for tests and experiments; the component classes are the same.
 """
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, fields, replace
 from functools import partial
 from typing import Callable, Dict, Optional, Tuple
 
@@ -102,8 +102,18 @@ def shrink(spec: ModelSpec, **overrides) -> ModelSpec:
     """A copy of ``spec`` with encoder fields (``embed_dim``, ``depth``, ...), ``img_size`` or
     ``decoder`` replaced: for reduced models in tests."""
     top = {k: overrides.pop(k) for k in ("img_size", "decoder", "hq") if k in overrides}
-    enc = replace(spec.encoder, **overrides) if overrides else spec.encoder
+    if isinstance(top.get("decoder"), dict):
+        top["decoder"] = _replace_checked(spec.decoder, top["decoder"], "decoder")
+    enc = _replace_checked(spec.encoder, overrides, "encoder") if overrides else spec.encoder
     return replace(spec, encoder=enc, **top)
+
+
+def _replace_checked(cfg, overrides: dict, what: str):
+    known = {f.name for f in fields(cfg)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise InputError(f"unknown {what} architecture field(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+    return replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
 
 
 def build_sam(spec: ModelSpec, attention: Optional[AttentionConfig] = None, hq_fusion: str = "add") -> Sam:

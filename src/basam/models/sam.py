@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention import AttentionConfig, set_attention
+from ..errors import InputError
 from .mask_decoder_hq import MaskDecoderHQ, check_fusion
 from .prompt_encoder import PromptEncoder
 from .transformer import Attention as DecoderAttention
@@ -116,6 +117,8 @@ class Sam(nn.Module):
         points = (point_coords, point_labels) if point_coords is not None else None
         sparse, dense = self.prompt_encoder(points, boxes, mask_inputs, input_size=features.input_size, grid=features.grid)
         kwargs: Dict[str, Any] = {}
+        if hq_token_only is not None and not self.is_hq:
+            raise InputError(f"hq_token_only applies to HQ-SAM models (sam_hq_*), not {self.name}")
         if self.is_hq:
             kwargs = dict(hq_token_only=hq_token_only, interm_embeddings=features.interm)
         return self.mask_decoder(
