@@ -1,0 +1,124 @@
+"""Any resolution: grids, padding, prompts and masks follow the real input size."""
+
+import numpy as np
+import pytest
+import torch
+
+import basam
+from basam.models import create_model
+from basam.predictor import Predictor
+
+TINY_VIT = dict(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,))
+TINY_TVIT = dict(embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4))
+MODELS = [("sam_vit_b", TINY_VIT), ("mobile_sam", TINY_TVIT), ("sam_hq_vit_b", TINY_VIT), ("sam_hq_vit_tiny", TINY_TVIT)]
+
+
+def _img(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("name,arch", MODELS)
+@pytest.mark.parametrize("resolution", [256, 600, 2048])
+def test_predictor_any_resolution(name, arch, resolution):
+    model = create_model(name, attention="basam", **arch).eval()
+    pred = Predictor(model, resolution=resolution)
+    image = _img(300, 500)
+    pred.set_image(image)
+    side = -(-resolution // 16) * 16
+    grid = side // 16
+    assert pred.input_size == (round(300 * resolution / 500), resolution)
+    assert pred.get_image_embedding().shape == (1, 256, grid, grid)
+    assert pred.mask_input_size == (4 * grid, 4 * grid)
+    masks, scores, low = pred.predict(point_coords=np.array([[250, 150]]), point_labels=np.array([1]), multimask_output=True)
+    n = 1 if name.startswith("sam_hq") else 3
+    assert masks.shape == (n, 300, 500) and masks.dtype == np.bool_
+    assert scores.shape == (n,) and low.shape == (n, 4 * grid, 4 * grid)
+    # The low-res logits feed back as a mask prompt at this resolution.
+    m2, _, _ = pred.predict(mask_input=low[:1], multimask_output=False)
+    assert m2.shape == (1, 300, 500)
+
+
+def test_prompts_map_with_the_image():
+    """A box around an object must land on the same tokens at every resolution and aspect."""
+    model = create_model("mobile_sam", **TINY_TVIT).eval()
+    for res in (256, 1024):
+        pred = Predictor(model, resolution=res)
+        pred.set_image(_img(200, 800))
+        sx = pred.input_size[1] / 800
+        sy = pred.input_size[0] / 200
+        mapped = pred.transform.apply_boxes(np.array([[80.0, 20.0, 400.0, 180.0]]), pred.original_size)
+        assert np.allclose(mapped, [[80 * sx, 20 * sy, 400 * sx, 180 * sy]])
+        assert pred.input_size[1] == res
+
+
+def test_mask_input_of_another_resolution_is_resized():
+    model = create_model("sam_vit_b", **TINY_VIT).eval()
+    pred = Predictor(model, resolution=512)
+    pred.set_image(_img(128, 128))
+    masks, _, low = pred.predict(point_coords=np.array([[64, 64]]), point_labels=np.array([1]), mask_input=np.zeros((1, 256, 256), np.float32), multimask_output=False)
+    assert low.shape == (1, 128, 128)
+
+
+def test_predict_validates_prompts():
+    model = create_model("sam_vit_b", **TINY_VIT).eval()
+    pred = Predictor(model, resolution=256)
+    with pytest.raises(RuntimeError, match="set_image"):
+        pred.predict(point_coords=np.array([[1, 1]]), point_labels=np.array([1]))
+    pred.set_image(_img(100, 200))
+    with pytest.raises(basam.InputError, match="outside"):
+        pred.predict(point_coords=np.array([[250, 10]]), point_labels=np.array([1]))
+    with pytest.raises(basam.InputError, match="x1 < x0"):
+        pred.predict(box=np.array([50, 10, 20, 40]))
+    with pytest.raises(basam.InputError, match="no prompt"):
+        pred.predict()
+    with pytest.raises(basam.InputError, match="labels"):
+        pred.predict(point_coords=np.array([[5, 5]]), point_labels=np.array([3]))
+    with pytest.raises(basam.InputError, match="hq_token_only"):
+        pred.predict(point_coords=np.array([[5, 5]]), point_labels=np.array([1]), hq_token_only=True)
+    for bad in (0, -5, 32, "abc", 2.5, True):
+        with pytest.raises(basam.InputError, match="resolution"):
+            Predictor(model, resolution=bad)
+    with pytest.raises(basam.InputError, match="uint8"):
+        pred.set_image(np.zeros((10, 10), np.uint8))
+
+
+def test_bgr_input_equals_rgb():
+    model = create_model("mobile_sam", **TINY_TVIT).eval()
+    pred = Predictor(model, resolution=256)
+    img = _img(64, 96)
+    pred.set_image(img)
+    a = pred.get_image_embedding().clone()
+    pred.set_image(img[..., ::-1].copy(), image_format="BGR")
+    assert torch.equal(a, pred.get_image_embedding())
+
+
+def test_hq_fusion_modes():
+    model = create_model("sam_hq_vit_b", **TINY_VIT).eval()
+    with torch.no_grad():
+        for p in model.mask_decoder.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    pred = Predictor(model, resolution=256)
+    pred.set_image(_img(100, 100))
+    kw = dict(point_coords=np.array([[50, 50]]), point_labels=np.array([1]), multimask_output=False, return_logits=True)
+    outs = {}
+    for mode in ("independent", "add", "product"):
+        model.set_hq_fusion(mode)
+        outs[mode] = pred.predict(**kw)[2]
+    assert not np.allclose(outs["independent"], outs["add"])
+    assert not np.allclose(outs["product"], outs["independent"])
+    model.set_hq_fusion("add")
+    assert np.allclose(pred.predict(hq_token_only=True, **kw)[2], outs["independent"])
+    assert np.allclose(pred.predict(hq_token_only=False, **kw)[2], outs["add"])
+    with pytest.raises(basam.InputError, match="HQ fusion"):
+        model.set_hq_fusion("mean")
+
+
+def test_forward_has_gradients():
+    """Training goes through the model: no no_grad on forward."""
+    model = create_model("sam_hq_vit_tiny", **TINY_TVIT).train()
+    rec = {"image": torch.rand(3, 256, 192) * 255, "original_size": (256, 192), "point_coords": torch.tensor([[[50.0, 60.0]]]),
+           "point_labels": torch.tensor([[1]])}
+    out = model([rec], multimask_output=False)
+    out[0]["low_res_logits"].mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert sum(g is not None and g.abs().sum() > 0 for g in grads) > 0.8 * len(grads)
