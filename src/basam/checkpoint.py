@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from .errors import CheckpointError
+from .io import atomic_write
 
 __all__ = ["read_state_dict", "adapt_state_dict", "load_weights", "identify_checkpoint", "save_model", "read_metadata"]
 
@@ -44,8 +46,6 @@ def read_state_dict(path: "str | os.PathLike[str]") -> Dict[str, Tensor]:
         raise CheckpointError(f"checkpoint file is empty: {p}")
     try:
         if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             sd = load_file(str(p), device="cpu")
         else:
             sd = torch.load(str(p), map_location="cpu", weights_only=True)
@@ -133,8 +133,6 @@ def save_model(model: nn.Module, path: "str | os.PathLike[str]", metadata: Optio
     ``metadata`` (str -> str) is stored in the file header; the model's registry name and
     attention config are added.
     """
-    from safetensors.torch import save_file
-
     p = Path(path)
     meta = {"format": "pt", "basam_model": str(getattr(model, "name", ""))}
     cfg = getattr(model, "attention_config", None)
@@ -143,18 +141,8 @@ def save_model(model: nn.Module, path: "str | os.PathLike[str]", metadata: Optio
     meta.update(metadata or {})
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return p
+    blob = save(tensors, metadata=meta)
+    return atomic_write(p, lambda f: f.write(blob))
 
 
 def read_metadata(path: "str | os.PathLike[str]") -> Dict[str, str]:
@@ -162,8 +150,6 @@ def read_metadata(path: "str | os.PathLike[str]") -> Dict[str, str]:
     p = Path(path)
     if p.suffix != ".safetensors":
         return {}
-    from safetensors import safe_open
-
     try:
         with safe_open(str(p), framework="pt") as f:
             return dict(f.metadata() or {})

@@ -408,8 +408,15 @@ def run_segment(args: argparse.Namespace) -> int:
 
 #: Subcommand name -> function adding its parser (which sets ``func``). Further subcommands
 #: (``evaluate``, ``train``, ``bench``) register here.
+def _add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
+    from .evaluate import add_parser
+
+    return add_parser(subparsers)
+
+
 COMMANDS: Dict[str, Callable[[object], argparse.ArgumentParser]] = {
     "segment": _add_segment_parser,
+    "evaluate": _add_evaluate_parser,
 }
 
 

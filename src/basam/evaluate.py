@@ -1,0 +1,489 @@
+"""The resolution study: evaluate a model across resolutions and attention presets.
+
+``basam evaluate --data PATH[:LAYOUT] ... --resolutions 1024 1536 2048 --attention vanilla nsf basam``
+reproduces the paper's Tables 1 and 4: each image is encoded once per (resolution, preset), the
+predicted mask is scored with the standard metrics, and the summary shows how much each preset
+degrades away from the first resolution (Δdiff).
+
+Output folder (``--out``)::
+
+    config.json            the run's settings (a rerun with other settings is refused)
+    records.rank<R>.jsonl  one line per (dataset, image, resolution, preset), appended as computed
+    per_image.csv          every record, sorted
+    summary.md/.csv/.json  per dataset: metric per (preset, resolution) and Δdiff vs the first
+    plot_<dataset>.png     each metric against resolution, one line per preset
+
+Resuming: rerun with the same ``--out``; finished records are kept (a line cut short by a kill is
+dropped) and only the rest is computed, so the result is identical to an uninterrupted run.
+More than one process: ``torchrun --nproc_per_node K -m basam.evaluate ...`` shards the images
+(image i goes to rank i mod K) and rank 0 writes the summary from every rank's records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .errors import BasamError, CheckpointError, InputError
+
+METRIC_COLUMNS = ("mae", "s_measure", "e_measure_mean", "e_measure_max", "weighted_f", "f_measure_mean", "f_measure_max",
+                  "iou", "dice", "boundary_iou")
+SUMMARY_FORMATS = {"mae": "{:.4f}"}
+
+
+@dataclass
+class EvalSettings:
+    """What defines a run; stored in ``config.json`` and compared on resume."""
+
+    data: List[str]
+    model: str
+    checkpoint: Optional[str]
+    resolutions: List[int]
+    attention: List[str]
+    prompt: str
+    beta: Optional[float] = None
+    dist: Optional[str] = None
+    nsf_count: Optional[str] = None
+    decoder_nsf: bool = False
+    multimask: str = "auto"
+    hq_token_only: Optional[bool] = None
+    seed: int = 0
+    max_images: Optional[int] = None
+    architecture: Optional[dict] = None
+
+    def key(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed plumbing (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK)
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as td
+
+            td.barrier()
+
+
+def init_distributed(device: str) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch
+    import torch.distributed as td
+
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
+    if not td.is_initialized():
+        td.init_process_group(backend=backend)
+    return Dist(rank, world, local)
+
+
+# ----------------------------------------------------------------------------------------------
+# Records
+
+
+def record_key(rec: dict) -> Tuple[str, str, int, str]:
+    return rec["dataset"], rec["image"], int(rec["resolution"]), rec["attention"]
+
+
+def read_records(out: Path) -> Dict[tuple, dict]:
+    """All finished records of every rank in ``out``; a last line cut short by a kill is dropped."""
+    records: Dict[tuple, dict] = {}
+    for path in sorted(out.glob("records.rank*.jsonl")):
+        with open(path, "r", encoding="utf-8") as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    break  # interrupted mid-write
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                records[record_key(rec)] = rec
+    return records
+
+
+class RecordWriter:
+    """Appends records to this rank's JSONL, one flushed + fsynced line each."""
+
+    def __init__(self, out: Path, rank: int) -> None:
+        self.path = out / f"records.rank{rank}.jsonl"
+        self._repair()
+        self.f = open(self.path, "a", encoding="utf-8")
+
+    def _repair(self) -> None:
+        # A kill mid-write leaves a partial last line: cut it so the next append starts clean.
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            keep = data[: data.rfind(b"\n") + 1]
+            with open(self.path, "wb") as f:
+                f.write(keep)
+
+    def write(self, rec: dict) -> None:
+        self.f.write(json.dumps(rec, sort_keys=True) + "\n")
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
+    def close(self) -> None:
+        self.f.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# The evaluation loop
+
+
+def _pick_multimask(setting: str, prompt_kind: str) -> bool:
+    if setting == "on":
+        return True
+    if setting == "off":
+        return False
+    # auto: SAM's convention: several candidates only for an ambiguous single point.
+    return prompt_kind in ("point", "center")
+
+
+def evaluate_image(predictor, image, gt, prompt, multimask: bool, hq_token_only) -> Tuple[dict, float]:
+    """Encode ``image`` at the predictor's resolution, predict, score. Returns (metrics, best IoU pred)."""
+    import numpy as np
+
+    from .metrics import image_metrics
+
+    predictor.set_image(image)
+    logits, scores, _ = predictor.predict(point_coords=prompt.point_coords, point_labels=prompt.point_labels, box=prompt.box,
+                                          multimask_output=multimask, return_logits=True, hq_token_only=hq_token_only)
+    best = int(np.argmax(scores))
+    prob = 1.0 / (1.0 + np.exp(-np.clip(logits[best].astype(np.float64), -60, 60)))
+    metrics = image_metrics(prob, gt)
+    return metrics, float(scores[best])
+
+
+def _jsonable(metrics: dict) -> dict:
+    out = {}
+    for k, v in metrics.items():
+        if hasattr(v, "tolist"):
+            v = v.tolist()
+        if isinstance(v, list):
+            v = [round(float(x), 8) for x in v]
+        elif isinstance(v, float):
+            v = float(v)
+        out[k] = v
+    return out
+
+
+def run(settings: EvalSettings, out: Path, device: str = "cpu", progress: bool = True, dist: Optional[Dist] = None) -> Optional[dict]:
+    """Run (or resume) the study; returns the summary on rank 0 (None on other ranks)."""
+    import torch
+    from tqdm import tqdm
+
+    from .attention import AttentionConfig
+    from .data.datasets import open_datasets, parse_data_arg
+    from .data.prompts import make_prompt
+    from .load import load_model
+    from .predictor import Predictor
+
+    dist = dist or Dist()
+    # Validate everything before any work: data, model, checkpoint, output folder.
+    datasets = []
+    for spec in settings.data:
+        root, layout = parse_data_arg(spec)
+        datasets.extend(open_datasets(root, layout))
+    names = [d.name for d in datasets]
+    if len(set(names)) != len(names):
+        raise InputError(f"two datasets share a name ({', '.join(names)}); give them distinct folders")
+    out.mkdir(parents=True, exist_ok=True)
+    _check_config(out, settings, dist)
+    overrides = {k: getattr(settings, k) for k in ("beta", "dist", "nsf_count") if getattr(settings, k) is not None}
+    model = load_model(settings.model, checkpoint=settings.checkpoint, attention="basam", device=device,
+                       architecture=settings.architecture, progress=dist.main and progress, decoder_nsf=settings.decoder_nsf, **overrides)
+    if settings.hq_token_only and not model.is_hq:
+        raise InputError(f"--hq-token-only applies to HQ-SAM models (sam_hq_*), not {settings.model}")
+    configs = {p: AttentionConfig.from_preset(p, decoder_nsf=settings.decoder_nsf, **overrides) for p in settings.attention}
+
+    done = read_records(out)
+    todo = []  # (dataset, index) for this rank
+    for ds in datasets:
+        n = len(ds) if settings.max_images is None else min(len(ds), settings.max_images)
+        for i in range(n):
+            if i % dist.world != dist.rank:
+                continue
+            keys = [(ds.name, ds[i].name, r, p) for r in settings.resolutions for p in settings.attention]
+            if not all(k in done for k in keys):
+                todo.append((ds, i))
+    per_image = len(settings.resolutions) * len(settings.attention)
+    writer = RecordWriter(out, dist.rank)
+    multimask = _pick_multimask(settings.multimask, settings.prompt)
+    bar = tqdm(total=len(todo) * per_image, desc=f"evaluate[{dist.rank}]" if dist.world > 1 else "evaluate", unit="pred",
+               disable=not progress or not dist.main, dynamic_ncols=True)
+    try:
+        for ds, i in todo:
+            sample = ds[i]
+            base = {"dataset": ds.name, "image": sample.name, "prompt": settings.prompt}
+            try:
+                image, gt = ds.load(i)
+                prompt = make_prompt(gt, settings.prompt, seed=settings.seed, key=f"{ds.name}/{sample.name}")
+            except InputError as e:
+                for r in settings.resolutions:
+                    for p in settings.attention:
+                        writer.write({**base, "resolution": r, "attention": p, "skipped": str(e)})
+                bar.update(per_image)
+                continue
+            for r in settings.resolutions:
+                predictor = Predictor(model, resolution=r)
+                for p in settings.attention:
+                    if (ds.name, sample.name, r, p) in done:
+                        bar.update(1)
+                        continue
+                    model.set_attention(configs[p], reset_slopes=False)
+                    t0 = time.perf_counter()
+                    metrics, iou_pred = evaluate_image(predictor, image, gt, prompt, multimask, settings.hq_token_only)
+                    writer.write({**base, "resolution": r, "attention": p, "iou_pred": round(iou_pred, 8),
+                                  "seconds": round(time.perf_counter() - t0, 4), **_jsonable(metrics)})
+                    bar.update(1)
+    finally:
+        bar.close()
+        writer.close()
+    dist.barrier()
+    if not dist.main:
+        return None
+    return write_reports(out, settings, datasets)
+
+
+def _check_config(out: Path, settings: EvalSettings, dist: Dist) -> None:
+    """Refuse to mix runs: ``out`` must be new or hold a run with the same settings."""
+    path = out / "config.json"
+    existed = path.exists()
+    dist.barrier()  # every rank has looked before rank 0 may write
+    if existed:
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise InputError(f"{path} is not valid JSON; remove it or choose another --out") from None
+        if old != settings.key():
+            diff = sorted(k for k in set(old) | set(settings.key()) if old.get(k) != settings.key().get(k))
+            raise InputError(f"{out} holds a run with other settings ({', '.join(diff)}); choose another --out")
+    elif dist.main:
+        from .io import atomic_write
+
+        atomic_write(path, lambda f: f.write(json.dumps(settings.key(), indent=2, sort_keys=True).encode()))
+    dist.barrier()
+
+
+# ----------------------------------------------------------------------------------------------
+# Reports
+
+
+def summarize_records(records: Iterable[dict], settings: EvalSettings, dataset_names: Sequence[str]) -> dict:
+    """{dataset: {"rows": [{attention, resolution, n, metric...}], "delta": [...], "skipped": n}}."""
+    from .metrics import summarize
+
+    groups: Dict[tuple, list] = {}
+    skipped: Dict[str, set] = {}
+    for rec in records:
+        if "skipped" in rec:
+            skipped.setdefault(rec["dataset"], set()).add(rec["image"])
+            continue
+        groups.setdefault((rec["dataset"], rec["attention"], int(rec["resolution"])), []).append(rec)
+    result = {}
+    r0 = settings.resolutions[0]
+    for name in dataset_names:
+        rows = []
+        for p in settings.attention:
+            for r in settings.resolutions:
+                recs = sorted(groups.get((name, p, r), []), key=lambda x: x["image"])
+                s = summarize(recs)
+                rows.append({"attention": p, "resolution": r, "n": int(s["n"]), **{m: float(s[m]) for m in METRIC_COLUMNS}})
+        delta = []
+        for p in settings.attention:
+            base = next(x for x in rows if x["attention"] == p and x["resolution"] == r0)
+            for r in settings.resolutions[1:]:
+                row = next(x for x in rows if x["attention"] == p and x["resolution"] == r)
+                delta.append({"attention": p, "resolution": r, "vs": r0, **{m: row[m] - base[m] for m in METRIC_COLUMNS}})
+        result[name] = {"rows": rows, "delta": delta, "skipped": len(skipped.get(name, ()))}
+    return result
+
+
+def _fmt(v: float) -> str:
+    return "nan" if v != v else f"{v:.4f}"
+
+
+def _markdown(summary: dict, settings: EvalSettings) -> str:
+    lines = [f"# basam evaluate: {settings.model}", "",
+             f"prompt `{settings.prompt}`, resolutions {settings.resolutions}, attention {settings.attention}, "
+             f"checkpoint `{settings.checkpoint or 'official download'}`", ""]
+    head = "| attention | resolution | n | " + " | ".join(METRIC_COLUMNS) + " |"
+    sep = "|---|---|---|" + "---|" * len(METRIC_COLUMNS)
+    for name, s in summary.items():
+        lines += [f"## {name}", "", head, sep]
+        for row in s["rows"]:
+            lines.append(f"| {row['attention']} | {row['resolution']} | {row['n']} | " + " | ".join(_fmt(row[m]) for m in METRIC_COLUMNS) + " |")
+        if s["delta"]:
+            lines += ["", f"Δdiff (value at the resolution minus value at {settings.resolutions[0]}; for MAE smaller is better, "
+                          "for the others larger is better):", "",
+                      "| attention | resolution | " + " | ".join(METRIC_COLUMNS) + " |", "|---|---|" + "---|" * len(METRIC_COLUMNS)]
+            for d in s["delta"]:
+                lines.append(f"| {d['attention']} | {d['resolution']} vs {d['vs']} | " + " | ".join(f"{d[m]:+.4f}" for m in METRIC_COLUMNS) + " |")
+        if s["skipped"]:
+            lines += ["", f"{s['skipped']} image(s) skipped (unreadable or bad mask): see per_image.csv."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _csv_text(rows: List[dict], columns: Sequence[str]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    return buf.getvalue()
+
+
+def _plot(summary_ds: dict, settings: EvalSettings, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_write
+
+    cols = 5
+    rows_n = math.ceil(len(METRIC_COLUMNS) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 2.8 * rows_n), squeeze=False)
+    for ax, metric in zip(axes.flat, METRIC_COLUMNS):
+        for p in settings.attention:
+            pts = [(r["resolution"], r[metric]) for r in summary_ds["rows"] if r["attention"] == p]
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=p)
+        ax.set_title(metric + (" (lower better)" if metric == "mae" else ""), fontsize=9)
+        ax.set_xticks(settings.resolutions)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(METRIC_COLUMNS):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.supxlabel("resolution (longest side, px)", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def write_reports(out: Path, settings: EvalSettings, datasets) -> dict:
+    """Regenerate per_image.csv, summary.{md,csv,json} and the plots from every record in ``out``."""
+    from .io import atomic_write
+
+    records = sorted(read_records(out).values(), key=lambda r: (r["dataset"], r["image"], int(r["resolution"]), r["attention"]))
+    summary = summarize_records(records, settings, [d.name for d in datasets])
+    cols = ["dataset", "image", "resolution", "attention", "prompt", "iou_pred", *METRIC_COLUMNS, "seconds", "skipped"]
+    atomic_write(out / "per_image.csv", lambda f: f.write(_csv_text(records, cols).encode()))
+    flat = [{"dataset": n, **row} for n, s in summary.items() for row in s["rows"]]
+    flat += [{"dataset": n, "delta_vs": d["vs"], **{k: v for k, v in d.items() if k != "vs"}} for n, s in summary.items() for d in s["delta"]]
+    atomic_write(out / "summary.csv", lambda f: f.write(_csv_text(flat, ["dataset", "attention", "resolution", "delta_vs", "n", *METRIC_COLUMNS]).encode()))
+    payload = {"settings": settings.key(), "datasets": summary,
+               "scanned_skips": {d.name: [list(x) for x in d.skipped] for d in datasets}}
+    atomic_write(out / "summary.json", lambda f: f.write(json.dumps(payload, indent=2, sort_keys=True).encode()))
+    atomic_write(out / "summary.md", lambda f: f.write(_markdown(summary, settings).encode()))
+    for name, s in summary.items():
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        _plot(s, settings, f"{settings.model} on {name} ({settings.prompt} prompt)", out / f"plot_{safe}.png")
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line (``basam evaluate`` and ``python -m basam.evaluate`` / torchrun)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from .cli import ATTENTION_DISTANCES, ATTENTION_PRESETS, DEFAULT_MODEL, parse_architecture, parse_beta, parse_device, parse_resolution
+
+    p = subparsers.add_parser(
+        "evaluate",
+        help="evaluate a model across resolutions and attention presets on benchmark datasets",
+        description=__doc__.split("\n\n")[1],
+        epilog=("examples:\n"
+                "  basam evaluate --data DUTS-TE/ --model sam_vit_b --checkpoint sam_vit_b_01ec64.pth \\\n"
+                "      --resolutions 1024 1536 2048 --attention vanilla nsf basam --prompt point --out runs/duts\n"
+                "  torchrun --nproc_per_node 4 -m basam.evaluate --data DIS5K/:dis5k ... --out runs/dis"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", metavar="PATH[:LAYOUT]", action="append", required=True,
+                   help="dataset folder, layout detected or named: duts, dis5k, cod10k, isic, generic (repeatable)")
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help="registry name (default: %(default)s)")
+    p.add_argument("--checkpoint", metavar="PATH", help="weights file; default: the official download")
+    p.add_argument("--resolutions", metavar="R", type=parse_resolution, nargs="+", default=[1024],
+                   help="working resolutions; Δdiff is reported against the first (default: 1024)")
+    p.add_argument("--attention", choices=ATTENTION_PRESETS, nargs="+", default=["vanilla", "nsf", "basam"],
+                   help="attention presets to compare (default: all three)")
+    p.add_argument("--prompt", choices=("point", "center", "box", "box+point"), default="point",
+                   help="point: one seeded random foreground pixel (the paper's); center: the interior point farthest "
+                        "from the boundary; box: the ground-truth box; box+point (default: %(default)s)")
+    p.add_argument("--multimask", choices=("auto", "on", "off"), default="auto",
+                   help="ask for 3 candidates and keep the one with the best predicted IoU; auto = for point prompts")
+    p.add_argument("--beta", type=parse_beta, default=None, help="BA-SAM slope scale (default 1.0)")
+    p.add_argument("--dist", choices=ATTENTION_DISTANCES, default=None, help="BA-SAM distance (default manhattan)")
+    p.add_argument("--nsf-count", choices=("row", "image"), default=None, help="how NSF counts N (default row)")
+    p.add_argument("--decoder-nsf", action="store_true", help="also apply NSF to the decoder's cross-attention")
+    p.add_argument("--hq-token-only", action="store_true", default=None, help="HQ-SAM: the HQ token's mask alone")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random point prompts (default 0)")
+    p.add_argument("--max-images", type=int, default=None, metavar="N", help="first N images of each dataset")
+    p.add_argument("--device", type=parse_device, default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--architecture", type=parse_architecture, default=None, help="(testing) override the architecture")
+    p.add_argument("--out", metavar="DIR", required=True, help="output folder; rerun with the same folder to resume")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_cli)
+    return p
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from .cli import _resolve_device
+
+    if args.max_images is not None and args.max_images <= 0:
+        raise InputError(f"--max-images must be positive, got {args.max_images}")
+    settings = EvalSettings(
+        data=list(args.data), model=args.model, checkpoint=args.checkpoint, resolutions=list(dict.fromkeys(args.resolutions)),
+        attention=list(dict.fromkeys(args.attention)), prompt=args.prompt, beta=args.beta, dist=args.dist, nsf_count=args.nsf_count,
+        decoder_nsf=args.decoder_nsf, multimask=args.multimask, hq_token_only=args.hq_token_only, seed=args.seed,
+        max_images=args.max_images, architecture=args.architecture,
+    )
+    device = _resolve_device(args.device)
+    dist = init_distributed(device)
+    if dist.world > 1 and device.startswith("cuda"):
+        device = f"cuda:{dist.local_rank}"
+    t0 = time.time()
+    summary = run(settings, Path(args.out), device=device, progress=not args.quiet, dist=dist)
+    if summary is not None:
+        print((Path(args.out) / "summary.md").read_text())
+        print(f"wrote {args.out}/summary.md, summary.csv, summary.json, per_image.csv and plots in {time.time() - t0:.1f} s")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m basam.evaluate`` / ``torchrun -m basam.evaluate``: same options as ``basam evaluate``."""
+    from .cli import main as cli_main
+
+    return cli_main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
