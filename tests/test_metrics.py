@@ -179,7 +179,8 @@ def _random_case(rng, shape, kind):
         gt[:] = False
     elif kind == "full_gt":
         gt[:] = True
-    logits = 6 * (gt.astype(float) - 0.5) + 4 * ndimage.gaussian_filter(rng.standard_normal(shape), sigma / 2) / 0.1
+    noise = ndimage.gaussian_filter(rng.standard_normal(shape), sigma / 2)
+    logits = 6 * (gt.astype(float) - 0.5) + 40 * noise
     logits = ndimage.gaussian_filter(logits, 1.5)
     prob = 1 / (1 + np.exp(-logits))
     if kind == "narrow":  # a map that does not span [0, 1]
@@ -280,7 +281,8 @@ def test_perfect_and_inverted_predictions(dataset):
 
 
 def test_summarize_after_json_round_trip(records):
-    reloaded = json.loads(json.dumps([{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()} for r in records]))
+    as_json = [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()} for r in records]
+    reloaded = json.loads(json.dumps(as_json))
     assert isinstance(reloaded[0]["f_curve"], list)
     assert summarize(reloaded) == summarize(records)
 

@@ -211,11 +211,13 @@ def run(settings: EvalSettings, out: Path, device: str = "cpu", progress: bool =
     names = [d.name for d in datasets]
     if len(set(names)) != len(names):
         raise InputError(f"two datasets share a name ({', '.join(names)}); give them distinct folders")
-    out.mkdir(parents=True, exist_ok=True)
-    _check_config(out, settings, dist)
     overrides = {k: getattr(settings, k) for k in ("beta", "dist", "nsf_count") if getattr(settings, k) is not None}
+    # Loaded once with BM-AM on, so that slopes a fine-tuned checkpoint carries are read; the
+    # presets below switch NSF/BM-AM on and off without resetting them.
     model = load_model(settings.model, checkpoint=settings.checkpoint, attention="basam", device=device,
                        architecture=settings.architecture, progress=dist.main and progress, decoder_nsf=settings.decoder_nsf, **overrides)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_config(out, settings, dist)
     if settings.hq_token_only and not model.is_hq:
         raise InputError(f"--hq-token-only applies to HQ-SAM models (sam_hq_*), not {settings.model}")
     configs = {p: AttentionConfig.from_preset(p, decoder_nsf=settings.decoder_nsf, **overrides) for p in settings.attention}
@@ -424,7 +426,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=("examples:\n"
                 "  basam evaluate --data DUTS-TE/ --model sam_vit_b --checkpoint sam_vit_b_01ec64.pth \\\n"
                 "      --resolutions 1024 1536 2048 --attention vanilla nsf basam --prompt point --out runs/duts\n"
-                "  torchrun --nproc_per_node 4 -m basam.evaluate --data DIS5K/:dis5k ... --out runs/dis"),
+                "  torchrun --standalone --nproc_per_node 4 -m basam.evaluate --data DIS5K/:dis5k ... --out runs/dis"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", metavar="PATH[:LAYOUT]", action="append", required=True,

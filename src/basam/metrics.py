@@ -180,7 +180,7 @@ def mask_to_boundary(mask: np.ndarray, dilation_ratio: float = 0.02) -> np.ndarr
         m,
         structure=np.ones((3, 3), dtype=bool),
         iterations=_dilation(m.shape, dilation_ratio),
-        border_value=1,
+        border_value=0,
     )
     return m & ~eroded
 
@@ -216,7 +216,10 @@ def _iou_dice(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
 
 def _sod_metrics(pred_u8: np.ndarray, gt_u8: np.ndarray) -> dict:
     """pysodmetrics on one image: fresh evaluators, one ``step`` each, read back."""
-    import py_sod_metrics as sod
+    try:
+        import py_sod_metrics as sod  # imported here: it pulls in OpenCV and scikit-image
+    except ImportError as e:
+        raise ImportError("basam's evaluation metrics need pysodmetrics: pip install pysodmetrics") from e
 
     mae, sm, em, wfm = sod.MAE(), sod.Smeasure(), sod.Emeasure(), sod.WeightedFmeasure()
     fm = sod.FmeasureV2({"fm": sod.FmeasureHandler(with_dynamic=True, with_adaptive=False, beta=0.3)})
@@ -283,9 +286,9 @@ def summarize(records: Sequence[dict]) -> dict:
 
     ``mae``, ``s_measure``, ``weighted_f``, ``iou``, ``dice``, ``boundary_iou``: mean over images.
     ``f_measure_max`` / ``e_measure_max``: max over thresholds of the mean curve over images;
-    ``f_measure_mean`` / ``e_measure_mean``: mean over thresholds of that mean curve (so these
-    are not the means of the per-image values). This equals pysodmetrics run over the same images
-    in one pass. Returns ``{'n': len(records), <metric>: float, ...}``; with no records every
+    ``f_measure_mean`` / ``e_measure_mean``: mean over thresholds of that mean curve (which is
+    also the mean of the per-image values; the max variants are not the mean of per-image maxima).
+    This equals pysodmetrics run over the same images in one pass. Returns ``{'n': len(records), <metric>: float, ...}``; with no records every
     metric is NaN.
     """
     records = list(records)

@@ -1,0 +1,154 @@
+"""basam evaluate: tables, Δdiff, plot, resume, two processes, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import oracles
+from basam import evaluate as ev
+from basam.cli import main
+from conftest import SHARED_DATA
+
+ARCH = oracles.REDUCED["mobile_sam"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return oracles.official_checkpoint("mobile_sam", ARCH, tmp_path_factory.mktemp("ckpt"))[1]
+
+
+def _synthetic(root: Path, n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        h, w = 90 + 10 * i, 120
+        img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        m = np.zeros((h, w), np.uint8)
+        m[20 + i : 60, 30 : 80 + i] = 255
+        Image.fromarray(img).save(root / "images" / f"img{i}.png")
+        Image.fromarray(m).save(root / "masks" / f"img{i}.png")
+    return root
+
+
+def _args(data, out, ckpt, *extra):
+    return ["evaluate", "--data", str(data), "--model", "mobile_sam", "--checkpoint", str(ckpt), "--architecture", json.dumps(ARCH),
+            "--resolutions", "128", "192", "--attention", "vanilla", "basam", "--prompt", "point", "--out", str(out), "-q", *extra]
+
+
+def test_tables_plot_and_delta(tmp_path, ckpt, capsys, monkeypatch):
+    data = _synthetic(tmp_path / "synth")
+    calls = []
+    real = ev.evaluate_image
+    monkeypatch.setattr(ev, "evaluate_image", lambda pred, *a, **k: calls.append(pred.resolution) or real(pred, *a, **k))
+    assert main(_args(data, tmp_path / "out", ckpt)) == 0
+    out = tmp_path / "out"
+    for f in ("config.json", "per_image.csv", "summary.md", "summary.csv", "summary.json", "plot_synth.png"):
+        assert (out / f).is_file(), f
+    assert sorted(calls) == [128] * 8 + [192] * 8  # 4 images x 2 presets per resolution: one encode each
+    summary = json.loads((out / "summary.json").read_text())["datasets"]["synth"]
+    assert [(r["attention"], r["resolution"], r["n"]) for r in summary["rows"]] == [("vanilla", 128, 4), ("vanilla", 192, 4), ("basam", 128, 4), ("basam", 192, 4)]
+    for d in summary["delta"]:
+        base = next(r for r in summary["rows"] if r["attention"] == d["attention"] and r["resolution"] == 128)
+        row = next(r for r in summary["rows"] if r["attention"] == d["attention"] and r["resolution"] == 192)
+        assert d["mae"] == pytest.approx(row["mae"] - base["mae"])
+    lines = (out / "per_image.csv").read_text().strip().splitlines()
+    assert len(lines) == 1 + 4 * 2 * 2 and lines[0].startswith("dataset,image,resolution,attention")
+    assert "Δdiff" in (out / "summary.md").read_text() and "Δdiff" in capsys.readouterr().out
+    assert Image.open(out / "plot_synth.png").size[0] > 400
+
+
+def test_resume_after_interruption_gives_identical_results(tmp_path, ckpt, monkeypatch):
+    data = _synthetic(tmp_path / "synth")
+    assert main(_args(data, tmp_path / "full", ckpt)) == 0
+    full = json.loads((tmp_path / "full" / "summary.json").read_text())
+
+    real = ev.evaluate_image
+    count = {"n": 0}
+
+    def dying(*a, **k):
+        count["n"] += 1
+        if count["n"] == 6:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(ev, "evaluate_image", dying)
+    assert main(_args(data, tmp_path / "resumed", ckpt)) == 130
+    rec = tmp_path / "resumed" / "records.rank0.jsonl"
+    assert len(rec.read_text().splitlines()) == 5
+    with open(rec, "a") as f:
+        f.write('{"dataset": "synth", "ima')  # a line cut short by a kill
+    monkeypatch.setattr(ev, "evaluate_image", real)
+    assert main(_args(data, tmp_path / "resumed", ckpt)) == 0
+    assert json.loads((tmp_path / "resumed" / "summary.json").read_text()) == full
+    assert len(rec.read_text().splitlines()) == 16
+
+
+def test_two_processes_equal_one(tmp_path, ckpt):
+    data = _synthetic(tmp_path / "synth", n=5)
+    assert main(_args(data, tmp_path / "one", ckpt)) == 0
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "basam.evaluate",
+           *_args(data, tmp_path / "two", ckpt)[1:]]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "two").glob("records.rank*.jsonl")) == ["records.rank0.jsonl", "records.rank1.jsonl"]
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())["datasets"]
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())["datasets"]
+    assert two == one
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, ckpt, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        _args(empty, tmp_path / "o1", ckpt),
+        _args(tmp_path / "missing", tmp_path / "o2", ckpt),
+        _args(f"{_synthetic(tmp_path / 's')}:coco", tmp_path / "o3", ckpt),
+    ]
+    vit_ckpt = oracles.official_checkpoint("sam_vit_b", oracles.REDUCED["sam_vit_b"], tmp_path)[1]
+    cases.append(_args(tmp_path / "s", tmp_path / "o4", vit_ckpt))
+    for argv in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("basam: error:"), err
+    assert not (tmp_path / "o4").exists()  # the checkpoint is checked before anything is written
+    # Same --out, other settings: refused instead of mixing two runs.
+    assert main(_args(tmp_path / "s", tmp_path / "o5", ckpt)) == 0
+    assert main(_args(tmp_path / "s", tmp_path / "o5", ckpt, "--seed", "3")) == 2
+    assert "other settings (seed)" in capsys.readouterr().err
+
+
+def test_unreadable_image_is_a_counted_skip(tmp_path, ckpt):
+    data = _synthetic(tmp_path / "synth")
+    good = (data / "images" / "img1.png").read_bytes()
+    (data / "images" / "img1.png").write_bytes(good[: len(good) // 2])  # header fine, body truncated
+    assert main(_args(data, tmp_path / "out", ckpt)) == 0
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())["datasets"]["synth"]
+    assert s["skipped"] == 1 and all(r["n"] == 3 for r in s["rows"])
+
+
+def test_real_data_layouts(tmp_path, ckpt):
+    src = SHARED_DATA / "duts-te"
+    if not src.is_dir():
+        pytest.skip(f"real data not found at {src}")
+    duts = tmp_path / "DUTS-TE"
+    (duts / "DUTS-TE-Image").mkdir(parents=True)
+    (duts / "DUTS-TE-Mask").mkdir()
+    for img in sorted((src / "images").iterdir())[:3]:
+        (duts / "DUTS-TE-Image" / img.name).symlink_to(img)
+        mask = src / "masks" / (img.stem + ".png")
+        (duts / "DUTS-TE-Mask" / mask.name).symlink_to(mask)
+    argv = _args(duts, tmp_path / "out", ckpt)
+    argv[argv.index("--prompt") + 1] = "box+point"
+    assert main(argv) == 0
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())["datasets"]["DUTS-TE"]
+    assert all(r["n"] == 3 for r in s["rows"])
+    assert all(0.0 <= r["mae"] <= 1.0 and 0.0 <= r["iou"] <= 1.0 for r in s["rows"])
