@@ -99,6 +99,26 @@ def init_distributed(device: str) -> Dist:
     return Dist(rank, world, local)
 
 
+def attention_variant(spec: str, **overrides):
+    """``PRESET`` or ``PRESET:DIST`` (e.g. ``basam:euclidean``) -> an AttentionConfig."""
+    from .attention import DISTANCES, AttentionConfig
+
+    preset, _, dist = spec.partition(":")
+    if dist:
+        if dist not in DISTANCES:
+            raise InputError(f"unknown distance {dist!r} in attention variant {spec!r}; choose one of {', '.join(DISTANCES)}")
+        overrides = {**overrides, "dist": dist}
+    return AttentionConfig.from_preset(preset, **overrides)
+
+
+def parse_attention_variant(value: str) -> str:
+    try:
+        attention_variant(value)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
 # ----------------------------------------------------------------------------------------------
 # Records
 
@@ -220,7 +240,7 @@ def run(settings: EvalSettings, out: Path, device: str = "cpu", progress: bool =
     _check_config(out, settings, dist)
     if settings.hq_token_only and not model.is_hq:
         raise InputError(f"--hq-token-only applies to HQ-SAM models (sam_hq_*), not {settings.model}")
-    configs = {p: AttentionConfig.from_preset(p, decoder_nsf=settings.decoder_nsf, **overrides) for p in settings.attention}
+    configs = {p: attention_variant(p, decoder_nsf=settings.decoder_nsf, **overrides) for p in settings.attention}
 
     done = read_records(out)
     todo = []  # (dataset, index) for this rank
@@ -435,8 +455,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="PATH", help="weights file; default: the official download")
     p.add_argument("--resolutions", metavar="R", type=parse_resolution, nargs="+", default=[1024],
                    help="working resolutions; Δdiff is reported against the first (default: 1024)")
-    p.add_argument("--attention", choices=ATTENTION_PRESETS, nargs="+", default=["vanilla", "nsf", "basam"],
-                   help="attention presets to compare (default: all three)")
+    p.add_argument("--attention", metavar="PRESET[:DIST]", type=parse_attention_variant, nargs="+", default=["vanilla", "nsf", "basam"],
+                   help="attention variants to compare: vanilla, nsf, basam, or basam:euclidean style to pick the BM-AM "
+                        "distance per variant (default: vanilla nsf basam)")
     p.add_argument("--prompt", choices=("point", "center", "box", "box+point"), default="point",
                    help="point: one seeded random foreground pixel (the paper's); center: the interior point farthest "
                         "from the boundary; box: the ground-truth box; box+point (default: %(default)s)")

@@ -17,10 +17,25 @@ from .models.sam import Sam
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+def bundled_weights(name: str) -> Optional[Path]:
+    """The weights file shipped inside the package for ``name`` (None if it ships none)."""
+    spec = get_spec(name)
+    if spec.bundled is None:
+        return None
+    path = Path(__file__).resolve().parent / "weights" / spec.bundled
+    if not path.is_file():
+        raise CheckpointError(f"the bundled weights of {name} are missing ({path}); reinstall basam or pass checkpoint=PATH")
+    return path
+
+
 def resolve_checkpoint(name: str, checkpoint: Optional[PathLike], download: bool = True, progress: bool = True) -> Path:
-    """The file to load for ``name``: ``checkpoint`` if given, else the cached official download."""
+    """The file to load for ``name``: ``checkpoint`` if given, else the bundled weights, else the
+    cached official download."""
     if checkpoint is not None:
         return Path(checkpoint)
+    bundled = bundled_weights(name)
+    if bundled is not None:
+        return bundled
     if not download:
         raise CheckpointError(f"no checkpoint given for {name} and downloading is off; pass checkpoint=PATH")
     from .hub import download_checkpoint

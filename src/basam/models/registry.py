@@ -62,6 +62,7 @@ class ModelSpec:
     decoder: DecoderConfig = DecoderConfig()
     img_size: int = 1024
     description: str = ""
+    bundled: Optional[str] = None  # weights shipped inside the package (basam/weights/<file>)
 
 
 MODEL_SPECS: Dict[str, ModelSpec] = {}
@@ -85,6 +86,16 @@ register(ModelSpec("sam_hq_vit_b", _VIT_B, hq=True, description="HQ-SAM on ViT-B
 register(ModelSpec("sam_hq_vit_l", _VIT_L, hq=True, description="HQ-SAM on ViT-L"))
 register(ModelSpec("sam_hq_vit_h", _VIT_H, hq=True, description="HQ-SAM on ViT-H"))
 register(ModelSpec("sam_hq_vit_tiny", _TINY, hq=True, description="HQ-SAM on MobileSAM's TinyViT"))
+# basam's own demonstration model: SAM's architecture, small, trained from scratch at 256 px on a few
+# thousand salient-object and polyp images (see the README for what it is and how good it is).
+register(ModelSpec(
+    "basam_tiny",
+    ViTConfig(embed_dim=192, depth=6, num_heads=6, global_attn_indexes=(2, 5), window_size=8),
+    decoder=DecoderConfig(transformer_dim=128, depth=2, num_heads=4, mlp_dim=512, iou_head_hidden_dim=128),
+    img_size=256,
+    description="basam's demonstration model (ViT 192x6, trained from scratch at 256 px; not SAM)",
+    bundled="basam_tiny.safetensors",
+))
 
 
 def list_models() -> Tuple[str, ...]:
