@@ -508,3 +508,42 @@ def test_write_results_roundtrip(tmp_path):
     with pytest.raises(InputError) as e:
         write_results(r, tmp_path / "missing_dir" / "r.json")
     one_line(e)
+
+
+def test_evaluate_coco_command(tmp_path, capsys):
+    """`basam evaluate-coco` end to end on a COCO set built from synthetic masks."""
+    import json as _json
+
+    import numpy as _np
+    from PIL import Image as _Image
+
+    import oracles
+    from basam.cli import main
+
+    imgs = tmp_path / "images"
+    imgs.mkdir()
+    pairs = []
+    for i in range(2):
+        img = _np.random.default_rng(i).integers(0, 255, (80, 100, 3), dtype=_np.uint8)
+        m = _np.zeros((80, 100), _np.uint8)
+        m[10:40, 10:50] = 255
+        m[50:75, 60:95] = 255
+        _Image.fromarray(img).save(imgs / f"im{i}.png")
+        _Image.fromarray(m).save(tmp_path / f"im{i}_mask.png")
+        pairs.append((imgs / f"im{i}.png", tmp_path / f"im{i}_mask.png"))
+    ann = tmp_path / "instances.json"
+    masks_to_coco(pairs, ann)
+    arch = oracles.REDUCED["mobile_sam"]
+    _, ckpt = oracles.official_checkpoint("mobile_sam", arch, tmp_path)
+    out = tmp_path / "ap.json"
+    argv = ["evaluate-coco", "--images", str(imgs), "--annotations", str(ann), "--model", "mobile_sam", "--checkpoint", str(ckpt),
+            "--architecture", _json.dumps(arch), "--resolution", "128", "--out", str(out), "-q"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "AP50" in printed and "instances 4" in printed
+    result = _json.loads(out.read_text())
+    assert result["n_images"] == 2 and set(STAT_KEYS) <= set(result)
+    assert (tmp_path / "ap_segm_results.json").is_file()
+    assert main(argv[:2] + [str(tmp_path / "nope")] + argv[3:]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("basam: error:")

@@ -186,9 +186,9 @@ def _add_segment_parser(subparsers) -> argparse.ArgumentParser:
                    help="weights file (.pth/.pt/.safetensors); default: download the official one once")
     g.add_argument("--resolution", metavar="R", type=parse_resolution, default=None,
                    help="working resolution, the longest side in px (>= 64; default: the model's own, 1024)")
-    g.add_argument("--attention", choices=ATTENTION_PRESETS, default="vanilla",
+    g.add_argument("--attention", choices=ATTENTION_PRESETS, default=None,
                    help="attention preset: vanilla (SAM), nsf (new scaling factor), basam (NSF + bias-mode mask); "
-                        "default: %(default)s")
+                        "default: what a basam checkpoint records, else vanilla")
     g.add_argument("--beta", metavar="B", type=parse_beta, default=None,
                    help="BA-SAM slope scale (default 1.0; only used with --attention basam)")
     g.add_argument("--dist", choices=ATTENTION_DISTANCES, default=None,
@@ -322,9 +322,10 @@ def run_segment(args: argparse.Namespace) -> int:
 
     spec = get_spec(args.model)  # unknown name -> the message lists the valid ones
     arch = _check_architecture(args.model, args.architecture)
-    overrides = {"beta": args.beta, "dist": args.dist}
-    config = AttentionConfig.from_preset(args.attention, **overrides)
-    if (args.beta is not None or args.dist is not None) and not config.bias:
+    overrides = {k: v for k, v in {"beta": args.beta, "dist": args.dist}.items() if v is not None}
+    # No --attention: the checkpoint's own config (a fine-tuned basam file), else vanilla.
+    config = AttentionConfig.from_preset(args.attention, **overrides) if args.attention else None
+    if overrides and config is not None and not config.bias:
         _note(args, f"note: --beta/--dist only act with --attention basam; ignored with --attention {args.attention}")
     is_hq = bool(arch.get("hq", spec.hq)) if arch else spec.hq
     if args.hq_token_only and not is_hq:
@@ -346,11 +347,11 @@ def run_segment(args: argparse.Namespace) -> int:
 
     model = load_model(
         args.model, checkpoint=args.checkpoint, attention=config, device=device,
-        progress=not args.quiet, architecture=arch,
+        progress=not args.quiet, architecture=arch, **({} if config is not None else overrides),
     )
     predictor = Predictor(model, resolution=args.resolution)
     print(
-        f"model {args.model}  resolution {predictor.resolution}  attention {_describe_attention(config)}  "
+        f"model {args.model}  resolution {predictor.resolution}  attention {_describe_attention(model.attention_config)}  "
         f"device {device}  image {width}x{height}",
         flush=True,
     )
@@ -477,10 +478,17 @@ def run_evaluate_coco(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_train_parser(subparsers) -> argparse.ArgumentParser:
+    from .train import add_parser
+
+    return add_parser(subparsers)
+
+
 COMMANDS: Dict[str, Callable[[object], argparse.ArgumentParser]] = {
     "segment": _add_segment_parser,
     "evaluate": _add_evaluate_parser,
     "evaluate-coco": _add_evaluate_coco_parser,
+    "train": _add_train_parser,
 }
 
 

@@ -56,6 +56,7 @@ class EvalSettings:
     decoder_nsf: bool = False
     multimask: str = "auto"
     hq_token_only: Optional[bool] = None
+    hq_fusion: Optional[str] = None
     seed: int = 0
     max_images: Optional[int] = None
     architecture: Optional[dict] = None
@@ -99,16 +100,23 @@ def init_distributed(device: str) -> Dist:
     return Dist(rank, world, local)
 
 
-def attention_variant(spec: str, **overrides):
-    """``PRESET`` or ``PRESET:DIST`` (e.g. ``basam:euclidean``) -> an AttentionConfig."""
-    from .attention import DISTANCES, AttentionConfig
+def attention_variant(spec: str, base=None):
+    """``PRESET`` or ``PRESET:DIST`` (e.g. ``basam:euclidean``) -> an AttentionConfig.
+
+    The preset switches NSF and BM-AM on ``base`` (the loaded model's config, so a fine-tuned
+    model's beta, distance and NSF reading carry over); ``:DIST`` picks the distance.
+    """
+    from dataclasses import replace
+
+    from .attention import DISTANCES, PRESETS, AttentionConfig
 
     preset, _, dist = spec.partition(":")
-    if dist:
-        if dist not in DISTANCES:
-            raise InputError(f"unknown distance {dist!r} in attention variant {spec!r}; choose one of {', '.join(DISTANCES)}")
-        overrides = {**overrides, "dist": dist}
-    return AttentionConfig.from_preset(preset, **overrides)
+    if preset not in PRESETS:
+        raise InputError(f"unknown attention preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if dist and dist not in DISTANCES:
+        raise InputError(f"unknown distance {dist!r} in attention variant {spec!r}; choose one of {', '.join(DISTANCES)}")
+    config = replace(base or AttentionConfig(), **PRESETS[preset])
+    return replace(config, dist=dist) if dist else config
 
 
 def parse_attention_variant(value: str) -> str:
@@ -232,15 +240,17 @@ def run(settings: EvalSettings, out: Path, device: str = "cpu", progress: bool =
     if len(set(names)) != len(names):
         raise InputError(f"two datasets share a name ({', '.join(names)}); give them distinct folders")
     overrides = {k: getattr(settings, k) for k in ("beta", "dist", "nsf_count") if getattr(settings, k) is not None}
-    # Loaded once with BM-AM on, so that slopes a fine-tuned checkpoint carries are read; the
-    # presets below switch NSF/BM-AM on and off without resetting them.
-    model = load_model(settings.model, checkpoint=settings.checkpoint, attention="basam", device=device,
-                       architecture=settings.architecture, progress=dist.main and progress, decoder_nsf=settings.decoder_nsf, **overrides)
+    if settings.decoder_nsf:
+        overrides["decoder_nsf"] = True
+    # Loaded once: a basam checkpoint brings its attention config (and trained slopes) and HQ
+    # fusion; the variants below switch NSF / BM-AM on and off without resetting the slopes.
+    model = load_model(settings.model, checkpoint=settings.checkpoint, attention=None, device=device, hq_fusion=settings.hq_fusion,
+                       architecture=settings.architecture, progress=dist.main and progress, **overrides)
     out.mkdir(parents=True, exist_ok=True)
     _check_config(out, settings, dist)
     if settings.hq_token_only and not model.is_hq:
         raise InputError(f"--hq-token-only applies to HQ-SAM models (sam_hq_*), not {settings.model}")
-    configs = {p: attention_variant(p, decoder_nsf=settings.decoder_nsf, **overrides) for p in settings.attention}
+    configs = {p: attention_variant(p, model.attention_config) for p in settings.attention}
 
     done = read_records(out)
     todo = []  # (dataset, index) for this rank
@@ -468,6 +478,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--nsf-count", choices=("row", "image"), default=None, help="how NSF counts N (default row)")
     p.add_argument("--decoder-nsf", action="store_true", help="also apply NSF to the decoder's cross-attention")
     p.add_argument("--hq-token-only", action="store_true", default=None, help="HQ-SAM: the HQ token's mask alone")
+    p.add_argument("--hq-fusion", choices=("independent", "add", "product"), default=None,
+                   help="HQ-SAM: how the HQ token's mask is used (default: what the checkpoint records, else add)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random point prompts (default 0)")
     p.add_argument("--max-images", type=int, default=None, metavar="N", help="first N images of each dataset")
     p.add_argument("--device", type=parse_device, default="auto", help="cpu, cuda, cuda:N or auto")
@@ -486,7 +498,7 @@ def run_cli(args: argparse.Namespace) -> int:
     settings = EvalSettings(
         data=list(args.data), model=args.model, checkpoint=args.checkpoint, resolutions=list(dict.fromkeys(args.resolutions)),
         attention=list(dict.fromkeys(args.attention)), prompt=args.prompt, beta=args.beta, dist=args.dist, nsf_count=args.nsf_count,
-        decoder_nsf=args.decoder_nsf, multimask=args.multimask, hq_token_only=args.hq_token_only, seed=args.seed,
+        decoder_nsf=args.decoder_nsf, multimask=args.multimask, hq_token_only=args.hq_token_only, hq_fusion=args.hq_fusion, seed=args.seed,
         max_images=args.max_images, architecture=args.architecture,
     )
     device = _resolve_device(args.device)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 
 from .attention import AttentionConfig
-from .checkpoint import load_weights, read_state_dict
+from .checkpoint import load_weights, read_metadata, read_state_dict
 from .errors import CheckpointError, InputError
 from .models.registry import build_sam, get_spec, shrink
 from .models.sam import Sam
@@ -46,7 +48,7 @@ def resolve_checkpoint(name: str, checkpoint: Optional[PathLike], download: bool
 def load_model(
     name: str,
     checkpoint: Optional[PathLike] = None,
-    attention: "AttentionConfig | str" = "vanilla",
+    attention: "AttentionConfig | str | None" = None,
     device: "torch.device | str | None" = None,
     hq_fusion: Optional[str] = None,
     download: bool = True,
@@ -59,27 +61,52 @@ def load_model(
     Args:
         name: registry name (``basam.list_models()``): ``sam_vit_b``, ``mobile_sam``, ``sam_hq_vit_l``, ...
         checkpoint: a local file: an official ``.pth``/``.pt`` or a basam ``.safetensors``. When
-            None, the official file is downloaded once into ``$BASAM_HOME`` (default
-            ``~/.cache/basam``) and verified against its pinned SHA-256.
+            None: the weights shipped in the package (``basam_tiny``), else the official file,
+            downloaded once into ``$BASAM_HOME`` (default ``~/.cache/basam``) and verified against
+            its pinned SHA-256.
         attention: a preset (``vanilla``, ``nsf``, ``basam``) or an :class:`AttentionConfig`;
-            ``attention_overrides`` (``beta=``, ``dist=``, ...) adjust a preset.
+            ``attention_overrides`` (``beta=``, ``dist=``, ...) adjust it. None: the config a basam
+            checkpoint records (a fine-tuned model keeps its trained slopes), else ``vanilla``.
         device: where to put the model (default: CPU).
-        hq_fusion: for HQ-SAM models, ``independent``, ``add`` (default, the official output) or
-            ``product``.
+        hq_fusion: for HQ-SAM models, ``independent``, ``add`` (the official output) or ``product``;
+            None: what a basam checkpoint records, else ``add``.
         architecture: overrides of the registered architecture (``depth=``, ``embed_dim=``, ...),
-            for reduced models; see :func:`basam.models.registry.shrink`.
+            for reduced models (see :func:`basam.models.registry.shrink`); None: what a basam
+            checkpoint records, else the registered one.
     """
     spec = get_spec(name)
+    if hq_fusion is not None and not spec.hq:
+        raise InputError(f"hq_fusion applies to sam_hq_* models, not {name}")
+    path = resolve_checkpoint(name, checkpoint, download=download, progress=progress)
+    meta = read_metadata(path) if path.exists() else {}
+    recorded = meta.get("basam_model")
+    if recorded and recorded != name:
+        raise CheckpointError(f"checkpoint {path} holds a {recorded} model, not {name} (use --model {recorded})")
+    if architecture is None and meta.get("architecture"):
+        architecture = json.loads(meta["architecture"]) or None
+    if attention is None:
+        attention = _recorded_attention(meta) or "vanilla"
+    if hq_fusion is None and spec.hq:
+        hq_fusion = meta.get("hq_fusion") or "add"
     if architecture:
         spec = shrink(spec, **dict(architecture))
     config = AttentionConfig.coerce(attention, **attention_overrides)
-    if hq_fusion is not None and not spec.hq:
-        raise InputError(f"hq_fusion applies to sam_hq_* models, not {name}")
     model = build_sam(spec, config, hq_fusion=hq_fusion or "add")
-    path = resolve_checkpoint(name, checkpoint, download=download, progress=progress)
     sd = read_state_dict(path)
     load_weights(model, sd, source=f"checkpoint {path}", model_name=name)
     model.eval()
     if device is not None:
         model.to(device)
     return model
+
+
+def _recorded_attention(meta: dict) -> Optional[AttentionConfig]:
+    """The AttentionConfig a basam safetensors file records in its metadata, if any."""
+    if "attention" not in meta:
+        return None
+    try:
+        values = json.loads(meta["attention"])
+    except json.JSONDecodeError:
+        return None
+    known = {f.name for f in fields(AttentionConfig)}
+    return AttentionConfig(**{k: v for k, v in values.items() if k in known})

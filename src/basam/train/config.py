@@ -354,7 +354,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
             groups[opt.group] = parser.add_argument_group(opt.group)
         grp = groups[opt.group]
         if opt.kind == "bool":
-            grp.add_argument(_flag(opt.name), dest=opt.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=opt.help)
+            short = ("-q",) if opt.name == "quiet" else ()
+            grp.add_argument(_flag(opt.name), *short, dest=opt.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=opt.help)
         elif opt.kind == "append":
             grp.add_argument(_flag(opt.name), dest=opt.name, action="append", metavar=opt.metavar, default=argparse.SUPPRESS, help=opt.help)
         else:

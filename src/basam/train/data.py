@@ -1,0 +1,326 @@
+"""Training data: several datasets mixed by weight, joint augmentation, prompts from the mask.
+
+The sample stream
+-----------------
+All training datasets together form one infinite stream of *positions* p = 0, 1, 2, ...
+Position p lies in virtual epoch ``e = p // E`` (``E`` = the total number of training samples)
+at offset ``p % E``. Each epoch's plan is drawn from ``(seed, e)`` alone: for every offset a
+dataset, with probability proportional to its weight, and within each dataset the samples in a
+fresh random permutation (cycled when a small dataset is drawn more often than it has samples).
+
+Optimiser step s consumes the global positions ``[s*G, (s+1)*G)``, ``G = world * batch * accum``;
+micro-batch m of rank r takes ``b`` consecutive positions at ``s*G + m*world*b + r*b``. So K
+ranks with batch b see exactly the samples one process with batch K*b sees, a resumed run
+continues at position ``step*G``, and nothing depends on worker or rank state.
+
+Each sample's randomness (crop, flip, prompt, box noise) is seeded from ``(seed, p)``, and p
+determines the epoch: the same position gives the same sample on any rank, in any worker, in
+any run.
+
+Augmentation
+------------
+``torchvision.transforms.v2``: ``RandomResizedCrop(R, scale, ratio)`` straight to R x R (the
+image then already is what :meth:`basam.Sam.preprocess` expects: longest side R, nothing to pad
+beyond the multiple of 16) and ``RandomHorizontalFlip``, applied in one call to the image
+(``tv_tensors.Image``, bilinear, antialiased) and the mask (``tv_tensors.Mask``, nearest), so
+the two never drift. If the crop leaves the mask empty, the crop is redrawn (attempt k is seeded
+from ``(seed, p, k)``); after 10 empty attempts the whole image is used; an image whose own
+mask is empty (or that cannot be read) is replaced by the next sample of its dataset. All of
+this is deterministic.
+
+Prompts (``--prompt``), from the augmented mask, in pixels of the R x R input:
+``point`` one random foreground pixel (the paper's); ``points:K`` K random foreground pixels;
+``box`` the tight box with Gaussian corner noise of std ``box_noise`` x the box side (SAM's);
+``mixed`` per sample one of: a point, a box, or 2-5 points (equally likely).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+
+__all__ = [
+    "DataArg",
+    "parse_weighted_data_arg",
+    "open_weighted",
+    "MixturePlan",
+    "rank_positions",
+    "BatchPositions",
+    "TrainSet",
+    "collate",
+    "sample_prompt",
+]
+
+MAX_CROP_ATTEMPTS = 10
+MIXED_MAX_POINTS = 5
+
+
+@dataclass(frozen=True)
+class DataArg:
+    path: Path
+    layout: Optional[str]
+    weight: float
+    text: str
+
+
+def parse_weighted_data_arg(arg: str) -> DataArg:
+    """``PATH[:LAYOUT][@WEIGHT]``: the weight is what follows the last ``@`` when it is a number."""
+    from ..data.datasets import parse_data_arg
+
+    head, sep, tail = arg.rpartition("@")
+    weight = 1.0
+    spec = arg
+    if sep and head:
+        try:
+            w = float(tail)
+        except ValueError:
+            w = None
+        if w is not None:
+            if not math.isfinite(w) or w <= 0:
+                raise InputError(f"data weight must be a positive number, got {tail!r} in {arg!r}")
+            weight, spec = w, head
+    path, layout = parse_data_arg(spec)
+    return DataArg(path, layout, weight, arg)
+
+
+def open_weighted(args: Sequence[str]) -> Tuple[list, List[float]]:
+    """Open every ``--data`` argument; returns the datasets and each one's sampling weight.
+
+    One argument can hold several datasets (a dis5k root holds its subsets): its weight is split
+    among them in proportion to their sizes. Datasets with no samples are left out (with a
+    warning); none left at all is an error.
+    """
+    from ..data.datasets import open_datasets
+
+    datasets, weights = [], []
+    seen = set()
+    for text in args:
+        a = parse_weighted_data_arg(text)
+        found = [d for d in open_datasets(a.path, a.layout) if len(d) > 0]
+        if not found:
+            raise InputError(f"--data {text}: no usable image/mask pairs")
+        total = sum(len(d) for d in found)
+        for d in found:
+            key = (str(d.root), d.name)
+            if key in seen:
+                raise InputError(f"dataset {d.name} ({d.root}) is given twice")
+            seen.add(key)
+            datasets.append(d)
+            weights.append(a.weight * len(d) / total)
+    return datasets, weights
+
+
+# ----------------------------------------------------------------------------------------------
+# The sample stream
+
+
+class MixturePlan:
+    """Maps a global stream position to ``(dataset index, sample index)`` (see the module doc)."""
+
+    def __init__(self, sizes: Sequence[int], weights: Sequence[float], seed: int) -> None:
+        if len(sizes) != len(weights) or not sizes:
+            raise ValueError("one weight per dataset is needed")
+        if any(s <= 0 for s in sizes):
+            raise ValueError("every dataset needs at least one sample")
+        self.sizes = [int(s) for s in sizes]
+        w = np.asarray(weights, dtype=np.float64)
+        self.probs = w / w.sum()
+        self.seed = int(seed)
+        self.epoch_size = int(sum(self.sizes))
+        self._cache: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+
+    def epoch_plan(self, epoch: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(dataset index, sample index) for every offset of ``epoch``; cached (two epochs)."""
+        plan = self._cache.get(epoch)
+        if plan is not None:
+            return plan
+        E = self.epoch_size
+        rng = np.random.default_rng(_entropy(self.seed, epoch, 0x5A3B1E))
+        ds = rng.choice(len(self.sizes), size=E, p=self.probs) if len(self.sizes) > 1 else np.zeros(E, dtype=np.int64)
+        idx = np.empty(E, dtype=np.int64)
+        for d, n in enumerate(self.sizes):
+            where = np.flatnonzero(ds == d)
+            if where.size == 0:
+                continue
+            reps = -(-where.size // n)
+            perm = np.concatenate([rng.permutation(n) for _ in range(reps)])[: where.size]
+            idx[where] = perm
+        plan = (ds.astype(np.int64), idx)
+        if len(self._cache) >= 2:
+            self._cache.pop(min(self._cache))
+        self._cache[epoch] = plan
+        return plan
+
+    def locate(self, position: int) -> Tuple[int, int]:
+        epoch, offset = divmod(int(position), self.epoch_size)
+        ds, idx = self.epoch_plan(epoch)
+        return int(ds[offset]), int(idx[offset])
+
+
+def rank_positions(step: int, micro: int, *, world: int, rank: int, batch: int, accum: int) -> List[int]:
+    """The stream positions of micro-batch ``micro`` of optimiser step ``step`` (0-based) on ``rank``."""
+    global_batch = world * batch * accum
+    start = step * global_batch + micro * world * batch + rank * batch
+    return list(range(start, start + batch))
+
+
+class BatchPositions(torch.utils.data.Sampler):
+    """A batch sampler over stream positions: micro-batches of steps ``[start_step, end_step)``."""
+
+    def __init__(self, start_step: int, end_step: int, *, world: int, rank: int, batch: int, accum: int) -> None:
+        self.start_step, self.end_step = int(start_step), int(end_step)
+        self.kw = dict(world=world, rank=rank, batch=batch, accum=accum)
+        self.accum = accum
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for s in range(self.start_step, self.end_step):
+            for m in range(self.accum):
+                yield rank_positions(s, m, **self.kw)
+
+    def __len__(self) -> int:
+        return max(0, self.end_step - self.start_step) * self.accum
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompts
+
+
+def _foreground(mask: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(mask)
+
+
+def sample_prompt(mask: np.ndarray, kind: str, rng: np.random.Generator, box_noise: float = 0.0) -> dict:
+    """A training prompt from a non-empty (R, R) bool mask, in its pixel frame.
+
+    Returns ``{"coords": (K, 2) float32 x, y or None, "labels": (K,) int64 or None,
+    "box": (4,) float32 or None}``.
+    """
+    if kind == "mixed":
+        choice = int(rng.integers(3))
+        kind = "point" if choice == 0 else "box" if choice == 1 else f"points:{int(rng.integers(2, MIXED_MAX_POINTS + 1))}"
+    h, w = mask.shape
+    if kind == "box":
+        rows = np.flatnonzero(mask.any(axis=1))
+        cols = np.flatnonzero(mask.any(axis=0))
+        box = np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float64)
+        if box_noise > 0:
+            side = np.array([box[2] - box[0], box[3] - box[1]] * 2, dtype=np.float64)
+            box = box + rng.normal(0.0, 1.0, 4) * box_noise * np.maximum(side, 1.0)
+            box = np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1])
+            box = np.array([min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])])
+        return {"coords": None, "labels": None, "box": box.astype(np.float32)}
+    k = 1 if kind == "point" else int(kind.split(":")[1])
+    fg = _foreground(mask)
+    pick = rng.choice(fg.size, size=k, replace=fg.size < k)
+    rows, cols = np.divmod(fg[pick], w)
+    coords = np.stack([cols, rows], axis=1).astype(np.float32)
+    return {"coords": coords, "labels": np.ones(k, dtype=np.int64), "box": None}
+
+
+def prompt_signature(prompt: dict) -> Tuple[int, bool]:
+    """Prompts with the same signature (number of points, box or not) can share a decoder call."""
+    n = 0 if prompt["coords"] is None else int(len(prompt["coords"]))
+    return n, prompt["box"] is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# The dataset of stream positions
+
+
+def _entropy(*key: int) -> List[int]:
+    """Integers (any sign) as non-negative entropy words for numpy's SeedSequence."""
+    return [int(k) % 2**64 for k in key]
+
+
+def _torch_seed(*key: int) -> int:
+    return int(np.random.SeedSequence(_entropy(*key)).generate_state(1, np.uint64)[0]) & (2**63 - 1)
+
+
+class TrainSet(torch.utils.data.Dataset):
+    """``ts[p]`` is the augmented sample at stream position ``p`` (see the module doc)."""
+
+    def __init__(self, datasets: Sequence, weights: Sequence[float], *, resolution: int, seed: int, prompt: str = "point",
+                 crop_scale: Sequence[float] = (0.5, 1.0), crop_ratio: Sequence[float] = (3 / 4, 4 / 3), hflip: float = 0.5,
+                 box_noise: float = 0.1) -> None:
+        self.datasets = list(datasets)
+        self.plan = MixturePlan([len(d) for d in self.datasets], weights, seed)
+        self.resolution = int(resolution)
+        self.seed = int(seed)
+        self.prompt = prompt
+        self.crop_scale = tuple(float(x) for x in crop_scale)
+        self.crop_ratio = tuple(float(x) for x in crop_ratio)
+        self.hflip = float(hflip)
+        self.box_noise = float(box_noise)
+        self._transforms = None
+
+    def __len__(self) -> int:  # one epoch; positions beyond are valid too (the stream is infinite)
+        return self.plan.epoch_size
+
+    def _build_transforms(self):
+        from torchvision.transforms import v2
+
+        R = self.resolution
+        crop = v2.Compose([v2.RandomResizedCrop((R, R), scale=self.crop_scale, ratio=self.crop_ratio, antialias=True),
+                           v2.RandomHorizontalFlip(self.hflip)])
+        whole = v2.Compose([v2.Resize((R, R), antialias=True), v2.RandomHorizontalFlip(self.hflip)])
+        return crop, whole
+
+    def augment(self, image: np.ndarray, mask: np.ndarray, position: int, attempt: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One joint augmentation of (H, W, 3) uint8 + (H, W) bool -> (3, R, R) uint8 + (R, R) bool.
+
+        Seeded from ``(seed, position, attempt)``; attempt ``MAX_CROP_ATTEMPTS`` is the whole image.
+        """
+        from torchvision import tv_tensors
+
+        if self._transforms is None:
+            self._transforms = self._build_transforms()
+        crop, whole = self._transforms
+        img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+        msk = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)).to(torch.uint8)[None])
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(_torch_seed(self.seed, position, attempt))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                img, msk = (crop if attempt < MAX_CROP_ATTEMPTS else whole)(img, msk)
+        return img.as_subclass(torch.Tensor).contiguous(), msk.as_subclass(torch.Tensor)[0].bool().contiguous()
+
+    def __getitem__(self, position: int) -> dict:
+        d, i = self.plan.locate(position)
+        ds = self.datasets[d]
+        n = len(ds)
+        for shift in range(n):
+            j = (i + shift) % n
+            try:
+                image, mask = ds.load(j)
+            except InputError as e:
+                warnings.warn(f"skipping {ds.name}/{ds[j].name}: {e}")
+                continue
+            if not mask.any():
+                continue
+            for attempt in range(MAX_CROP_ATTEMPTS + 1):
+                img, msk = self.augment(image, mask, position, attempt)
+                if bool(msk.any()):
+                    rng = np.random.default_rng(_entropy(self.seed, position, 0x9A0E7))
+                    prompt = sample_prompt(msk.numpy(), self.prompt, rng, self.box_noise)
+                    return {"image": img, "mask": msk, "prompt": prompt, "dataset": d, "index": j, "position": int(position)}
+        raise InputError(f"dataset {ds.name} has no sample with a non-empty mask")
+
+
+def collate(samples: List[dict]) -> dict:
+    """Stack images (B, 3, R, R) uint8 and masks (B, R, R) bool; prompts stay a list."""
+    return {
+        "image": torch.stack([s["image"] for s in samples]),
+        "mask": torch.stack([s["mask"] for s in samples]),
+        "prompts": [s["prompt"] for s in samples],
+        "dataset": torch.tensor([s["dataset"] for s in samples]),
+        "index": torch.tensor([s["index"] for s in samples]),
+        "position": torch.tensor([s["position"] for s in samples]),
+    }

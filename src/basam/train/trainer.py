@@ -1,0 +1,610 @@
+"""The training loop of ``basam train``: model + freeze policy, data stream, AdamW + warm-up/cosine,
+DDP, validation, TensorBoard/JSONL logging and trustworthy checkpoints (see ``basam/train/__init__``)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import BasamError, InputError
+from .config import RUN_DEFINING, TrainConfig
+from .losses import LossWeights, sample_losses, upsample_logits
+
+__all__ = ["TrainModule", "lr_factor", "run", "slopes_by_layer", "validate"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed plumbing
+
+
+class Dist:
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0, owned: bool = False) -> None:
+        self.rank, self.world, self.local_rank = rank, world, local_rank
+        self.owned = owned  # this run created the process group (and destroys it at the end)
+
+    def close(self) -> None:
+        if self.owned:
+            import torch.distributed as td
+
+            if td.is_initialized():
+                td.destroy_process_group()
+            self.owned = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as td
+
+            td.barrier()
+
+    def all_sum(self, values: List[float], device) -> List[float]:
+        if self.world == 1:
+            return list(values)
+        import torch.distributed as td
+
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        td.all_reduce(t)
+        return t.tolist()
+
+    def gather(self, obj: Any) -> List[Any]:
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as td
+
+        out: List[Any] = [None] * self.world
+        td.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj: Any) -> Any:
+        if self.world == 1:
+            return obj
+        import torch.distributed as td
+
+        box = [obj]
+        td.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def init_distributed(device: str) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as td
+
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
+    owned = not td.is_initialized()
+    if owned:
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+        td.init_process_group(backend=backend)
+    return Dist(rank, world, local, owned)
+
+
+def _resolve_device(name: str, dist: Dist) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        if dist.world > 1:
+            name = f"cuda:{dist.local_rank}"
+        dev = torch.device(name)
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        if dev.index >= torch.cuda.device_count():
+            raise InputError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+        torch.cuda.set_device(dev)
+        return dev
+    return torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# The model wrapper DDP sees
+
+
+def _signature(prompt: dict) -> Tuple[int, bool]:
+    n = 0 if prompt["coords"] is None else int(len(prompt["coords"]))
+    return n, prompt["box"] is not None
+
+
+class TrainModule(nn.Module):
+    """Encodes a batch once and decodes each group of same-shaped prompts; returns loss sums.
+
+    One-point prompts use SAM's multimask output (min-loss candidate back-propagated, see
+    :mod:`basam.train.losses`); several points or a box use the single-mask output. HQ-SAM's
+    decoder always returns one mask (its ``hq_fusion`` decides which).
+    """
+
+    def __init__(self, sam: nn.Module, resolution: int, weights: LossWeights, autocast_dtype: Optional[torch.dtype]) -> None:
+        super().__init__()
+        self.sam = sam
+        self.resolution = int(resolution)
+        self.weights = weights
+        self.autocast_dtype = autocast_dtype
+
+    def _autocast(self, device: torch.device):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
+    def forward(self, images: Tensor, masks: Tensor, prompts: Sequence[dict]) -> Dict[str, Tensor]:
+        from ..models.sam import ImageFeatures
+
+        sam = self.sam
+        device = images.device
+        R = self.resolution
+        S = sam.padded_size(R)
+        x = sam.preprocess(images.float(), R)
+        encoder_frozen = not any(p.requires_grad for p in sam.image_encoder.parameters())
+        with self._autocast(device), (torch.no_grad() if encoder_frozen else contextlib.nullcontext()):
+            feats = sam.encode(x)
+        groups: Dict[Tuple[int, bool], List[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(_signature(p), []).append(i)
+        sums = {k: torch.zeros((), device=device) for k in ("loss", "bce", "dice", "iou_mse")}
+        for (n_points, has_box), idx in groups.items():
+            it = torch.tensor(idx, device=device)
+            f = ImageFeatures(feats.embeddings.index_select(0, it), [t.index_select(0, it) for t in feats.interm], feats.input_size)
+            coords = labels = boxes = None
+            if n_points:
+                coords = torch.stack([torch.as_tensor(prompts[i]["coords"]) for i in idx]).to(device=device, dtype=torch.float32)
+                labels = torch.stack([torch.as_tensor(prompts[i]["labels"]) for i in idx]).to(device=device)
+            if has_box:
+                boxes = torch.stack([torch.as_tensor(prompts[i]["box"]) for i in idx]).to(device=device, dtype=torch.float32)
+            multimask = n_points == 1 and not has_box
+            with self._autocast(device):
+                low_res, iou_pred = sam.decode(f, coords, labels, boxes, None, multimask_output=multimask)
+            logits = upsample_logits(low_res, S, R)
+            parts = sample_losses(logits, iou_pred, masks.index_select(0, it), self.weights)
+            for k in sums:
+                sums[k] = sums[k] + parts[k].sum()
+        return sums
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedule, optimiser
+
+
+def lr_factor(i: int, *, steps: int, warmup: int, lr: float, min_lr: float) -> float:
+    """Multiplier of the peak lr at 0-based step ``i``: linear warm-up, then cosine to ``min_lr``."""
+    warmup = min(warmup, steps)
+    if warmup > 0 and i < warmup:
+        return (i + 1) / warmup
+    progress = min(1.0, (i - warmup) / max(1, steps - warmup))
+    ratio = min_lr / lr
+    return ratio + (1.0 - ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
+    """Weight decay on matrices and kernels only (not on biases, norms, slopes, 1-D tensors)."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+# ----------------------------------------------------------------------------------------------
+# Logging
+
+
+def slopes_by_layer(sam: nn.Module) -> Dict[str, List[float]]:
+    """The BA-SAM head slopes of every encoder attention layer: ``{layer: [slope per head]}``."""
+    from ..attention import BiasModeMask
+
+    out = {}
+    for name, m in sam.named_modules():
+        if isinstance(m, BiasModeMask):
+            layer = name[: -len(".bam")] if name.endswith(".bam") else name
+            if layer.startswith("image_encoder."):
+                layer = layer[len("image_encoder."):]
+            out[layer] = [float(x) for x in m.slopes.detach().float().cpu().tolist()]
+    return out
+
+
+class RunLog:
+    """``log.jsonl`` (one JSON object per line) and TensorBoard scalars, written by rank 0 only."""
+
+    def __init__(self, out: Path, enabled: bool, tensorboard: bool, start_step: int) -> None:
+        self.enabled = enabled
+        self.path = out / "log.jsonl"
+        self.f = None
+        self.tb = None
+        if not enabled:
+            return
+        self._truncate(start_step)
+        self.f = open(self.path, "a", encoding="utf-8")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                warnings.warn("tensorboard is not installed: no TensorBoard events (pip install tensorboard)")
+            else:
+                self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start_step + 1 if start_step > 0 else None)
+
+    def _truncate(self, start_step: int) -> None:
+        """Keep only lines of steps <= ``start_step`` (a resumed run re-does what came after)."""
+        if not self.path.exists():
+            return
+        keep = []
+        with open(self.path, "r", encoding="utf-8") as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    break
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if int(rec.get("step", 0)) <= start_step:
+                    keep.append(line)
+        from ..io import atomic_write
+
+        atomic_write(self.path, lambda f: f.write("".join(keep).encode()))
+
+    def write(self, record: dict) -> None:
+        if self.f is None:
+            return
+        self.f.write(json.dumps(record, sort_keys=True) + "\n")
+        self.f.flush()
+
+    def scalars(self, step: int, values: Dict[str, float]) -> None:
+        if self.tb is None:
+            return
+        for k, v in values.items():
+            if v is not None and math.isfinite(v):
+                self.tb.add_scalar(k, v, step)
+
+    def flush(self) -> None:
+        if self.tb is not None:
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+
+
+VAL_REPORT = ("iou", "mae", "s_measure", "boundary_iou")
+
+
+@torch.no_grad()
+def validate(sam: nn.Module, val_sets: Sequence, *, resolution: int, seed: int, max_images: Optional[int], dist: Dist) -> Dict[str, dict]:
+    """Point-prompt validation (basam.data.prompts' seeded point, multimask picked by predicted IoU),
+    images sharded over ranks; returns ``{dataset: summarize(...)}`` on every rank."""
+    from ..data.prompts import make_prompt
+    from ..evaluate import evaluate_image
+    from ..metrics import summarize
+    from ..predictor import Predictor
+
+    was_training = sam.training
+    modes = {m: m.training for m in sam.modules()}
+    sam.eval()
+    predictor = Predictor(sam, resolution=resolution)
+    result = {}
+    try:
+        for ds in val_sets:
+            n = len(ds) if max_images is None else min(len(ds), max_images)
+            records, skipped = [], 0
+            for i in range(dist.rank, n, dist.world):
+                try:
+                    image, gt = ds.load(i)
+                    prompt = make_prompt(gt, "point", seed=seed, key=f"{ds.name}/{ds[i].name}")
+                except InputError:
+                    skipped += 1
+                    continue
+                metrics, _ = evaluate_image(predictor, image, gt, prompt, True, None)
+                records.append(metrics)
+            gathered = dist.gather((records, skipped))
+            all_records = [r for recs, _ in gathered for r in recs]
+            summary = summarize(all_records)
+            summary["skipped"] = sum(s for _, s in gathered)
+            result[ds.name] = summary
+    finally:
+        predictor.reset_image()
+        for m, mode in modes.items():
+            m.training = mode
+        sam.training = was_training
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+
+
+def _open_val_sets(specs: Sequence[str]) -> list:
+    from ..data.datasets import open_datasets, parse_data_arg
+
+    out, names = [], set()
+    for text in specs:
+        path, layout = parse_data_arg(text)
+        for d in open_datasets(path, layout):
+            if len(d) == 0:
+                continue
+            name, k = d.name, 2
+            while name in names:
+                name, k = f"{d.name}-{k}", k + 1
+            d.name = name
+            names.add(name)
+            out.append(d)
+    return out
+
+
+def _build_model(cfg: TrainConfig):
+    from ..attention import AttentionConfig
+    from ..models.registry import build_sam, get_spec, shrink
+    from .freeze import policy_parts
+
+    spec = get_spec(cfg.model)
+    if cfg.architecture:
+        spec = shrink(spec, **dict(cfg.architecture))
+    trains_slopes = bool(policy_parts(cfg.train) & {"slopes", "full"})
+    attention = AttentionConfig.from_preset(cfg.attention, beta=cfg.beta, dist=cfg.dist, nsf_count=cfg.nsf_count,
+                                            decoder_nsf=cfg.decoder_nsf, trainable_slopes=trains_slopes)
+    if cfg.hq_fusion is not None and not spec.hq:
+        raise InputError(f"--hq-fusion applies to HQ-SAM models (sam_hq_*), not {cfg.model}")
+    return build_sam(spec, attention, hq_fusion=cfg.hq_fusion or "add")
+
+
+def _check_resume(cfg: TrainConfig, state: dict, world: int) -> None:
+    old = state.get("config") or {}
+    new = cfg.to_dict()
+    diff = [k for k in RUN_DEFINING if k not in ("batch_size", "grad_accum", "checkpoint") and old.get(k) != new.get(k)]
+    if diff:
+        raise InputError(f"--resume: the run in {cfg.out} was started with other settings ({', '.join(diff)}); "
+                         "resume with the same ones or choose another --out")
+    old_g = int(state["sampler"]["global_batch"])
+    new_g = world * cfg.batch_size * cfg.grad_accum
+    if old_g != new_g:
+        raise InputError(f"--resume: global batch (processes x batch size x grad accum) was {old_g}, now {new_g}")
+
+
+def _probe_unused(module: TrainModule, device: torch.device, prompt_kind: str, trainable: List[nn.Parameter]) -> bool:
+    """Whether some trainable parameter gets no gradient for some prompt kind (DDP then needs
+    ``find_unused_parameters``). One batch of one synthetic image per kind, in eval mode (no
+    BatchNorm statistics move); gradients are cleared afterwards."""
+    import numpy as np
+
+    from .data import sample_prompt
+    from .freeze import set_train_mode
+
+    kinds = ["point", "box", "points:2"] if prompt_kind == "mixed" else [prompt_kind]
+    R = module.resolution
+    mask = torch.zeros(R, R, dtype=torch.bool)
+    mask[R // 4: 3 * R // 4, R // 4: 3 * R // 4] = True
+    image = (mask[None].repeat(3, 1, 1).to(torch.uint8) * 200 + 20)
+    unused = False
+    module.sam.eval()
+    try:
+        for kind in kinds:
+            prompt = sample_prompt(mask.numpy(), kind, np.random.default_rng(0), 0.0)
+            out = module(image[None].to(device), mask[None].to(device), [prompt])
+            out["loss"].backward()
+            unused = unused or any(p.grad is None for p in trainable)
+            for p in trainable:
+                p.grad = None
+    finally:
+        set_train_mode(module.sam)
+    return unused
+
+
+def run(cfg: TrainConfig) -> Dict[str, Any]:
+    """Train (or resume) as ``cfg`` says. Returns a summary on rank 0 (``{}`` on other ranks)."""
+    dist = init_distributed("cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+    try:
+        return _run(cfg, dist)
+    finally:
+        dist.close()
+
+
+def _run(cfg: TrainConfig, dist: Dist) -> Dict[str, Any]:
+    from ..checkpoint import load_weights, read_state_dict
+    from ..io import atomic_write
+    from ..load import resolve_checkpoint
+    from . import checkpointing as ck
+    from .data import BatchPositions, TrainSet, collate, open_weighted
+    from .freeze import apply_policy, set_train_mode
+
+    t_start = time.time()
+    device = _resolve_device(cfg.device, dist)
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+
+    # 1. What is there to resume?
+    latest = ck.latest_checkpoint(ckpt_dir)
+    if latest is not None and not cfg.resume:
+        raise InputError(f"{out} already holds a run (checkpoints/{latest.name}); pass --resume to continue it or choose another --out")
+    state = None
+    if cfg.resume and latest is not None:
+        state = ck.load_state(latest)
+        _check_resume(cfg, state, dist.world)
+    elif cfg.resume and dist.main:
+        print(f"note: nothing to resume in {out}; starting from step 0", file=sys.stderr, flush=True)
+    start_step = int(state["step"]) if state is not None else 0
+
+    # 2. Data (checked before any file is written).
+    datasets, weights = open_weighted(cfg.data)
+    val_sets = _open_val_sets(cfg.val_data)
+    trainset = TrainSet(datasets, weights, resolution=cfg.resolution, seed=cfg.seed, prompt=cfg.prompt, crop_scale=cfg.crop_scale,
+                        crop_ratio=cfg.crop_ratio, hflip=cfg.hflip, box_noise=cfg.box_noise)
+
+    # 3. Model: random init (seeded), initial weights, or the checkpoint resumed.
+    torch.manual_seed(cfg.seed)
+    model = _build_model(cfg)
+    if state is not None:
+        load_weights(model, read_state_dict(latest / "model.safetensors"), source=f"checkpoint {latest}", model_name=cfg.model)
+    elif cfg.checkpoint is not None:
+        path = resolve_checkpoint(cfg.model, cfg.checkpoint)
+        load_weights(model, read_state_dict(path), source=f"checkpoint {path}", model_name=cfg.model)
+    trainable_names = apply_policy(model, cfg.train)
+    model.to(device)
+    set_train_mode(model)
+    named = dict(model.named_parameters())
+    trainable = [named[n] for n in trainable_names]
+
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    module = TrainModule(model, cfg.resolution, LossWeights(cfg.bce_weight, cfg.dice_weight, cfg.iou_weight),
+                         torch.bfloat16 if precision == "bf16" else None)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: lr_factor(i, steps=cfg.steps, warmup=cfg.warmup, lr=cfg.lr, min_lr=cfg.min_lr))
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        ck.set_rng_state(state["rng"])
+
+    ddp = module
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        find_unused = _probe_unused(module, device, cfg.prompt, trainable)
+        ddp = DDP(module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=find_unused)
+
+    # 4. Output folder, logs.
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        ck.clean_stale(ckpt_dir)
+        import yaml
+
+        atomic_write(out / "config.yaml", lambda f: f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode()))
+    dist.barrier()
+    log = RunLog(out, dist.main, cfg.tensorboard, start_step)
+
+    end_step = cfg.steps if cfg.stop_at is None else min(cfg.steps, cfg.stop_at)
+    G = dist.world * cfg.batch_size * cfg.grad_accum
+    loader = torch.utils.data.DataLoader(
+        trainset, batch_sampler=BatchPositions(start_step, end_step, world=dist.world, rank=dist.rank, batch=cfg.batch_size,
+                                               accum=cfg.grad_accum),
+        num_workers=cfg.num_workers, collate_fn=collate, pin_memory=device.type == "cuda")
+
+    def checkpoint(step: int) -> Path:
+        path = None
+        if dist.main:
+            meta = ck.model_metadata(model, architecture=cfg.architecture, step=step, policy=cfg.train, resolution=cfg.resolution)
+            st = {
+                "format": ck.STATE_FORMAT,
+                "step": step,
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "rng": ck.rng_state(),
+                "sampler": {"position": step * G, "epoch": (step * G) // trainset.plan.epoch_size,
+                            "epoch_size": trainset.plan.epoch_size, "global_batch": G},
+                "config": cfg.to_dict(),
+                "world_size": dist.world,
+                "trainable": list(trainable_names),
+            }
+            path = ck.save_checkpoint(ckpt_dir, step, model, meta, st, cfg.keep)
+        dist.barrier()
+        return path if path is not None else ckpt_dir / ck.step_dir_name(step)
+
+    def run_validation(step: int) -> Optional[dict]:
+        if not val_sets:
+            return None
+        res = validate(model, val_sets, resolution=cfg.resolution, seed=cfg.val_seed, max_images=cfg.val_max_images, dist=dist)
+        set_train_mode(model)
+        clean = {name: {k: (float(v) if isinstance(v, float) else v) for k, v in s.items()} for name, s in res.items()}
+        log.write({"step": step, "val": clean})
+        scal = {}
+        for name, s in clean.items():
+            for k in ("iou", "mae", "s_measure", "boundary_iou", "dice", "e_measure_mean", "weighted_f", "f_measure_max"):
+                if k in s:
+                    scal[f"val/{name}/{k}"] = s[k]
+        log.scalars(step, scal)
+        log.flush()
+        return clean
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+               disable=cfg.quiet or not dist.main)
+    step = start_step
+    acc = {"loss": 0.0, "bce": 0.0, "dice": 0.0, "iou_mse": 0.0, "n": 0.0, "steps": 0}
+    t_log = time.time()
+    last_val = None
+    last_saved = start_step if state is not None else None
+    it = iter(loader)
+    try:
+        while step < end_step:
+            opt.zero_grad(set_to_none=True)
+            local = {"loss": 0.0, "bce": 0.0, "dice": 0.0, "iou_mse": 0.0, "n": 0.0}
+            for m in range(cfg.grad_accum):
+                batch = next(it)
+                sync = contextlib.nullcontext() if (dist.world == 1 or m == cfg.grad_accum - 1) else ddp.no_sync()
+                with sync:
+                    sums = ddp(batch["image"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True),
+                               batch["prompts"])
+                    (sums["loss"] / (cfg.batch_size * cfg.grad_accum)).backward()
+                for k in ("loss", "bce", "dice", "iou_mse"):
+                    local[k] += float(sums[k].detach())
+                local["n"] += len(batch["prompts"])
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            lr_now = opt.param_groups[0]["lr"]
+            opt.step()
+            sched.step()
+            step += 1
+            totals = dist.all_sum([local["loss"], local["bce"], local["dice"], local["iou_mse"], local["n"]], device)
+            for k, v in zip(("loss", "bce", "dice", "iou_mse", "n"), totals):
+                acc[k] += v
+            acc["steps"] += 1
+            if not math.isfinite(totals[0]):
+                raise BasamError(f"the training loss is not finite at step {step} ({totals[0]}); lower --lr or check the data")
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == end_step:
+                n = max(acc["n"], 1.0)
+                rec = {"step": step, "loss": acc["loss"] / n, "bce": acc["bce"] / n, "dice": acc["dice"] / n,
+                       "iou_mse": acc["iou_mse"] / n, "lr": lr_now, "grad_norm": float(grad_norm),
+                       "samples": step * G, "epoch": (step * G) / trainset.plan.epoch_size,
+                       "samples_per_s": acc["n"] / max(time.time() - t_log, 1e-9), "time": round(time.time() - t_start, 3)}
+                slopes = slopes_by_layer(model) if model.attention_config.bias else {}
+                if slopes:
+                    rec["slopes"] = slopes
+                log.write(rec)
+                scal = {f"train/{k}": rec[k] for k in ("loss", "bce", "dice", "iou_mse", "lr", "grad_norm")}
+                for layer, values in slopes.items():
+                    for h, v in enumerate(values):
+                        scal[f"slopes/{layer}/head{h}"] = v
+                log.scalars(step, scal)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr_now:.2e}")
+                acc = {"loss": 0.0, "bce": 0.0, "dice": 0.0, "iou_mse": 0.0, "n": 0.0, "steps": 0}
+                t_log = time.time()
+            if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < cfg.steps:
+                last_val = run_validation(step)
+            if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == end_step:
+                checkpoint(step)
+                last_saved = step
+    finally:
+        bar.close()
+    if step == cfg.steps and step > start_step and val_sets:
+        last_val = run_validation(step)
+    if last_saved != step and step > 0:
+        checkpoint(step)
+    log.close()
+    dist.barrier()
+    if not dist.main:
+        return {}
+    return {"step": step, "out": str(out), "checkpoint": str(ckpt_dir / ck.step_dir_name(step)), "val": last_val,
+            "seconds": time.time() - t_start, "trainable": len(trainable_names),
+            "trainable_params": int(sum(p.numel() for p in trainable))}

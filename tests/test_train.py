@@ -1,0 +1,468 @@
+"""basam train: freeze policies, HQ fusion, data stream, DDP = one process, exact resume, SIGKILL
+recovery, config precedence, validation/TensorBoard logging, and loading the result for inference."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from basam.attention import AttentionConfig
+from basam.checkpoint import read_metadata, read_state_dict, save_model
+from basam.cli import COMMANDS, main
+from basam.models.registry import create_model
+from basam.train import config as tc
+from basam.train import load_trained, run
+from basam.train.checkpointing import latest_checkpoint, load_state
+from basam.train.data import MixturePlan, TrainSet, open_weighted, rank_positions
+from basam.train.freeze import HQ_MODULES, trainable_parameter_names
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+DEC = dict(transformer_dim=32, depth=1, num_heads=2, mlp_dim=64, iou_head_hidden_dim=32)
+VIT = dict(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=[1], img_size=128, decoder=DEC)
+# TinyViT (MobileSAM's encoder, with BatchNorm), reduced further than the oracles' (no official model to match here).
+TINY = dict(embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1], num_heads=[1, 2, 3, 4], img_size=128, decoder=DEC)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixtures and helpers
+
+
+def _synthetic(root: Path, n: int, seed: int) -> Path:
+    """images/ + masks/ PNGs: noisy backgrounds with one bright disc or rectangle (the mask)."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        h, w = int(rng.integers(90, 170)), int(rng.integers(90, 170))
+        img = rng.integers(0, 70, (h, w, 3)).astype(np.uint8)
+        yy, xx = np.mgrid[:h, :w]
+        if i % 2:
+            cy, cx, r = rng.integers(h // 3, 2 * h // 3), rng.integers(w // 3, 2 * w // 3), rng.integers(min(h, w) // 6, min(h, w) // 3)
+            m = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+        else:
+            y0, x0 = rng.integers(5, h // 2), rng.integers(5, w // 2)
+            m = (yy >= y0) & (yy < y0 + h // 3) & (xx >= x0) & (xx < x0 + w // 3)
+        img[m] += np.array([160, 110, 60], np.uint8)
+        Image.fromarray(img).save(root / "images" / f"s{i:02d}.png")
+        Image.fromarray(m.astype(np.uint8) * 255).save(root / "masks" / f"s{i:02d}.png")
+    return root
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread is as fast, much faster on a busy machine, and makes CPU kernels
+    bitwise deterministic run to run (several threads are not, in some backward kernels)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    base = tmp_path_factory.mktemp("train_data")
+    return _synthetic(base / "alpha", 8, 0), _synthetic(base / "beta", 4, 1)
+
+
+def _cfg(out: Path, data_args, **kw) -> tc.TrainConfig:
+    base = dict(model="sam_vit_b", architecture=VIT, data=[str(d) for d in data_args], out=str(out), resolution=128, steps=3,
+                batch_size=2, num_workers=0, log_every=1, eval_every=0, save_every=0, warmup=1, lr=1e-3, quiet=True,
+                tensorboard=False, train="full")
+    base.update(kw)
+    explicit = {k: v for k, v in base.items()}
+    return tc.resolve_config(explicit)
+
+
+def _log(out: Path):
+    return [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+
+
+def _initial_checkpoint(tmp: Path, name: str, arch: dict, **kw) -> Path:
+    torch.manual_seed(123)
+    model = create_model(name, attention=AttentionConfig.from_preset("basam", beta=0.1), **arch, **kw)
+    return save_model(model, tmp / "init.safetensors")
+
+
+def _changed(a: dict, b: dict) -> set:
+    assert a.keys() == b.keys()
+    return {k for k in a if not torch.equal(a[k], b[k])}
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _flags(cfg: tc.TrainConfig) -> list:
+    """The command line for ``cfg``'s run-defining settings (for subprocess runs)."""
+    args = ["--model", cfg.model, "--architecture", json.dumps(cfg.architecture), "--resolution", str(cfg.resolution),
+            "--steps", str(cfg.steps), "--batch-size", str(cfg.batch_size), "--num-workers", "0", "--log-every", "1",
+            "--warmup", str(cfg.warmup), "--lr", str(cfg.lr), "--train", cfg.train, "--out", cfg.out, "-q", "--no-tensorboard",
+            "--eval-every", "0", "--save-every", str(cfg.save_every), "--prompt", cfg.prompt]
+    for d in cfg.data:
+        args += ["--data", d]
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# Freeze policies
+
+
+@pytest.mark.parametrize("policy,name,arch", [
+    ("slopes", "mobile_sam", TINY),     # TinyViT has BatchNorm: its running statistics must not move
+    ("decoder", "sam_vit_b", VIT),
+    ("full", "sam_vit_b", VIT),
+])
+def test_freeze_policy_changes_exactly_the_intended_parameters(tmp_path, data, policy, name, arch):
+    init = _initial_checkpoint(tmp_path, name, arch)
+    lr = 1e-2 if policy == "slopes" else 1e-3
+    summary = run(_cfg(tmp_path / "out", data, model=name, architecture=arch, checkpoint=str(init), train=policy, lr=lr))
+    before = read_state_dict(init)
+    after = read_state_dict(Path(summary["checkpoint"]) / "model.safetensors")
+    changed = _changed(before, after)
+    slopes = {k for k in before if k.endswith(".bam.slopes")}
+    if policy == "slopes":
+        assert slopes and changed == slopes  # every slope moved, nothing else: weights, BN stats, counters
+        assert any(k.endswith("running_mean") for k in before) and any(k.endswith("num_batches_tracked") for k in before)
+    elif policy == "decoder":
+        assert changed and all(k.startswith("mask_decoder.") for k in changed)
+        for part in ("transformer.", "iou_prediction_head.", "output_upscaling.", "mask_tokens."):
+            assert any(k.startswith("mask_decoder." + part) for k in changed), part
+    else:
+        for part in ("image_encoder.patch_embed.", "image_encoder.blocks.0.", "image_encoder.neck.", "prompt_encoder.", "mask_decoder."):
+            assert any(k.startswith(part) for k in changed), part
+        assert slopes <= changed  # slopes train with the rest under "full"
+    losses = [r["loss"] for r in _log(tmp_path / "out") if "loss" in r]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+
+
+@pytest.mark.parametrize("fusion", ["independent", "add", "product"])
+def test_hq_policy_and_fusion_modes(tmp_path, data, fusion):
+    init = _initial_checkpoint(tmp_path, "sam_hq_vit_b", VIT)
+    summary = run(_cfg(tmp_path / "out", data, model="sam_hq_vit_b", checkpoint=str(init), train="hq", hq_fusion=fusion, steps=2))
+    ckpt = Path(summary["checkpoint"]) / "model.safetensors"
+    changed = _changed(read_state_dict(init), read_state_dict(ckpt))
+    assert changed and all(k.split(".")[1] in HQ_MODULES and k.startswith("mask_decoder.") for k in changed)
+    assert {k.split(".")[1] for k in changed} == set(HQ_MODULES)  # all five HQ modules learn in every mode
+    assert read_metadata(ckpt)["hq_fusion"] == fusion
+    assert all(np.isfinite(r["loss"]) for r in _log(tmp_path / "out") if "loss" in r)
+    model = load_trained(ckpt)  # fusion, attention and architecture from the metadata
+    assert model.mask_decoder.hq_fusion == fusion
+
+
+def test_policy_names_and_invalid_combinations(tmp_path, data, capsys):
+    vit = create_model("sam_vit_b", attention="basam", **VIT)
+    names = trainable_parameter_names(vit, "slopes")
+    assert names and all(n.endswith(".bam.slopes") for n in names)
+    assert set(trainable_parameter_names(vit, "decoder+slopes")) == set(names) | {n for n, _ in vit.named_parameters() if n.startswith("mask_decoder.")}
+    hq = create_model("sam_hq_vit_b", **VIT)
+    assert {n.split(".")[1] for n in trainable_parameter_names(hq, "hq")} == set(HQ_MODULES)
+
+    base = ["train", "--model", "sam_vit_b", "--architecture", json.dumps(VIT), "--data", str(data[0]), "--resolution", "128",
+            "--steps", "1", "--num-workers", "0", "-q", "--no-tensorboard"]
+    cases = [
+        (["--train", "hq", "--out", str(tmp_path / "o1")], "no HQ decoder"),
+        (["--train", "slopes", "--attention", "vanilla", "--out", str(tmp_path / "o2")], "bias-mode mask"),
+        (["--train", "decoder", "--hq-fusion", "add", "--out", str(tmp_path / "o3")], "--hq-fusion applies"),
+        (["--train", "everything", "--out", str(tmp_path / "o4")], "--train"),
+    ]
+    for extra, expected in cases:
+        capsys.readouterr()
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("basam: error:") and expected in err, err
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))  # nothing written on a refused run
+
+
+# ----------------------------------------------------------------------------------------------
+# Data stream
+
+
+def test_sampler_weights_determinism_and_rank_sharding():
+    plan = MixturePlan([10, 30], [3.0, 1.0], seed=7)
+    ds = np.concatenate([plan.epoch_plan(e)[0] for e in range(50)])
+    assert abs((ds == 0).mean() - 0.75) < 0.02  # drawn by weight, not by size
+    again = MixturePlan([10, 30], [3.0, 1.0], seed=7)
+    assert all(plan.locate(p) == again.locate(p) for p in range(0, 200, 7))
+    other = MixturePlan([10, 30], [3.0, 1.0], seed=8)
+    assert any(plan.locate(p) != other.locate(p) for p in range(40))
+    # within an epoch the small dataset is visited as permutations: every sample before any repeats
+    d0 = plan.epoch_plan(0)
+    first = d0[1][d0[0] == 0][:10]
+    assert sorted(first.tolist()) == list(range(10))
+    # K ranks with batch b see exactly what one process with batch K*b sees
+    for step in range(3):
+        for micro in range(2):
+            single = rank_positions(step, micro, world=1, rank=0, batch=4, accum=2)
+            ranks = sum((rank_positions(step, micro, world=2, rank=r, batch=2, accum=2) for r in range(2)), [])
+            assert single == ranks
+
+
+def test_augmentation_is_joint_deterministic_and_never_empty(tmp_path):
+    # The mask is exactly "red channel > 128", so any drift between image and mask shows.
+    root = tmp_path / "aligned"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        h, w = 150 + 20 * i, 200
+        img = np.zeros((h, w, 3), np.uint8)
+        m = np.zeros((h, w), bool)
+        m[30:100, 40 + 10 * i:150] = True
+        img[..., 0] = np.where(m, 255, 0)
+        img[..., 1] = rng.integers(0, 255, (h, w))
+        Image.fromarray(img).save(root / "images" / f"a{i}.png")
+        Image.fromarray(m.astype(np.uint8) * 255).save(root / "masks" / f"a{i}.png")
+    # A tiny object in a corner: most crops lose it, and the sample must be redrawn, not empty.
+    tiny = tmp_path / "tiny"
+    (tiny / "images").mkdir(parents=True)
+    (tiny / "masks").mkdir()
+    m = np.zeros((200, 200), bool)
+    m[2:5, 2:5] = True
+    Image.fromarray(np.where(m[..., None], 255, 0).repeat(3, 2).astype(np.uint8)).save(tiny / "images" / "t.png")
+    Image.fromarray(m.astype(np.uint8) * 255).save(tiny / "masks" / "t.png")
+
+    sets, weights = open_weighted([str(root), f"{tiny}@0.5"])
+    assert weights == [1.0, 0.5]
+    ts = TrainSet(sets, weights, resolution=64, seed=3, prompt="point")
+    agree = []
+    for p in range(30):
+        s = ts[p]
+        assert s["image"].shape == (3, 64, 64) and s["image"].dtype == torch.uint8 and s["mask"].shape == (64, 64)
+        assert s["mask"].any()
+        x, y = s["prompt"]["coords"][0]
+        assert s["mask"][int(y), int(x)]  # the point is on the (augmented) object
+        if s["dataset"] == 0:
+            # bilinear (image) and nearest (mask) resampling may differ on the edge; nowhere else
+            m = s["mask"].numpy()
+            edge = ndimage.binary_dilation(m, iterations=2) & ~ndimage.binary_erosion(m, iterations=2)
+            agree.append(float(((s["image"][0].numpy() > 128) == m)[~edge].mean()))
+        t = ts[p]
+        assert torch.equal(s["image"], t["image"]) and torch.equal(s["mask"], t["mask"])  # a function of (seed, position)
+    assert agree and min(agree) == 1.0
+    assert any(ts[p]["dataset"] == 1 for p in range(30))
+    box = TrainSet(sets, weights, resolution=64, seed=3, prompt="box", box_noise=0.0)[0]
+    ys, xs = np.nonzero(box["mask"].numpy())
+    assert box["prompt"]["box"].tolist() == [xs.min(), ys.min(), xs.max(), ys.max()]
+    k = TrainSet(sets, weights, resolution=64, seed=3, prompt="points:3")[1]["prompt"]
+    assert k["coords"].shape == (3, 2) and k["labels"].tolist() == [1, 1, 1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Many processes, resume, kill
+
+
+def _torchrun(args, timeout=240):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "basam.train", *args]
+    r = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+@pytest.mark.parametrize("policy", ["full", "slopes"])
+def test_ddp_two_processes_equal_one_process_with_twice_the_batch(tmp_path, data, policy):
+    init = _initial_checkpoint(tmp_path, "sam_vit_b", VIT)
+    one = _cfg(tmp_path / "one", data, checkpoint=str(init), batch_size=2, train=policy, steps=3, lr=1e-2 if policy == "slopes" else 1e-3)
+    run(one)
+    two = _cfg(tmp_path / "two", data, checkpoint=str(init), batch_size=1, train=policy, steps=3, lr=one.lr)
+    _torchrun(_flags(two) + ["--checkpoint", str(init)])
+    a = read_state_dict(tmp_path / "one" / "checkpoints" / "step_3" / "model.safetensors")
+    b = read_state_dict(tmp_path / "two" / "checkpoints" / "step_3" / "model.safetensors")
+    start = read_state_dict(init)
+    moved = {k for k in a if a[k].is_floating_point() and (a[k] - start[k]).abs().max() > 0.1 * one.lr}
+    assert moved  # the runs trained
+    for k in a:
+        if k in moved:
+            rel = ((a[k] - b[k]).norm() / a[k].norm()).item()
+            assert rel < 1e-5, (k, rel)
+        else:
+            # Directions with an exactly zero gradient (attention key biases: softmax ignores a
+            # per-query constant) only see rounding noise, which Adam rescales; they stay put.
+            assert (a[k].float() - b[k].float()).abs().max() <= 0.1 * one.lr, k
+    la = [r["loss"] for r in _log(tmp_path / "one")]
+    lb = [r["loss"] for r in _log(tmp_path / "two")]
+    assert np.allclose(la, lb, rtol=1e-5)  # the logged loss is the global batch's on both
+
+
+def test_resume_continues_the_loss_curve_exactly(tmp_path, data):
+    common = dict(steps=6, prompt="mixed", grad_accum=2, batch_size=2, warmup=2, save_every=0)
+    full = _cfg(tmp_path / "full", data, **common)
+    run(full)
+    part = _cfg(tmp_path / "part", data, stop_at=3, **common)
+    assert run(part)["step"] == 3
+    assert [r["step"] for r in _log(tmp_path / "part")] == [1, 2, 3]
+    resumed = _cfg(tmp_path / "part", data, resume=True, **common)
+    assert run(resumed)["step"] == 6
+    a, b = _log(tmp_path / "full"), _log(tmp_path / "part")
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    for ra, rb in zip(a, b):
+        for k in ("loss", "bce", "dice", "iou_mse", "lr"):
+            assert abs(ra[k] - rb[k]) <= 1e-6 * max(1.0, abs(ra[k])), (ra["step"], k, ra[k], rb[k])
+    wa = read_state_dict(tmp_path / "full" / "checkpoints" / "step_6" / "model.safetensors")
+    wb = read_state_dict(tmp_path / "part" / "checkpoints" / "step_6" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # bitwise (one thread: deterministic kernels)
+    # resuming is explicit, and refuses other settings
+    with pytest.raises(Exception, match="--resume"):
+        run(_cfg(tmp_path / "part", data, **common))
+    with pytest.raises(Exception, match="lr"):
+        run(_cfg(tmp_path / "part", data, resume=True, **{**common, "steps": 8}, lr=5e-4))
+
+
+def test_sigkill_loses_at_most_one_interval_and_resumes(tmp_path, data):
+    cfg = _cfg(tmp_path / "out", data, steps=60, save_every=2, batch_size=1, keep=2)
+    proc = subprocess.Popen([sys.executable, "-m", "basam.train", *_flags(cfg), "--keep", "2"], cwd=ROOT, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = tmp_path / "out" / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if latest.exists() and int(latest.read_text().strip().split("_")[1]) >= 4:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"training ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    step_dir = latest_checkpoint(tmp_path / "out" / "checkpoints")
+    assert step_dir is not None and step_dir.name == latest.read_text().strip()
+    state = load_state(step_dir)  # weights_only=True
+    saved = state["step"]
+    assert 4 <= saved < 60 and saved % 2 == 0
+    assert state["sampler"]["position"] == saved * 1 and state["rng"]["torch"].dtype == torch.uint8
+    model = load_trained(step_dir)
+    assert model.attention_config.bias and not model.training
+    steps_on_disk = sorted(int(p.name.split("_")[1]) for p in (tmp_path / "out" / "checkpoints").glob("step_*"))
+    assert len(steps_on_disk) <= 3 and saved in steps_on_disk  # keep=2 (+ at most one written when killed)
+    logged = [r["step"] for r in _log(tmp_path / "out")]
+    assert max(logged) - saved <= 2  # at most one save interval lost
+    summary = run(_cfg(tmp_path / "out", data, steps=60, save_every=2, batch_size=1, keep=2, resume=True))
+    assert summary["step"] == 60
+    assert [r["step"] for r in _log(tmp_path / "out")] == list(range(1, 61))
+    assert not list((tmp_path / "out" / "checkpoints").glob(".tmp*"))
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").glob("step_*")) == ["step_58", "step_60"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+
+
+def test_yaml_flags_precedence_unknown_keys_and_recipes(tmp_path, capsys, monkeypatch):
+    y = tmp_path / "run.yaml"
+    y.write_text("lr: 0.5\nbatch-size: 3\ndata: [a, b]\nout: o\nprompt: points:4\nbetas: [0.8, 0.9]\n")
+    cfg = tc.resolve_config({"lr": 0.25}, config=str(y))
+    assert (cfg.lr, cfg.batch_size, cfg.data, cfg.prompt, cfg.betas) == (0.25, 3, ["a", "b"], "points:4", [0.8, 0.9])
+    assert cfg.steps == tc.TrainConfig().steps  # untouched keys keep their defaults
+
+    # through the command line: the flag wins, a repeated flag replaces the YAML list
+    seen = {}
+    import basam.train as bt
+
+    monkeypatch.setattr(bt, "run", lambda c: seen.setdefault("cfg", c) and {})
+    assert main(["train", "--config", str(y), "--lr", "0.125", "--data", "c", "--data", "d@2", "--no-tensorboard"]) == 0
+    c = seen["cfg"]
+    assert (c.lr, c.batch_size, c.data, c.tensorboard) == (0.125, 3, ["c", "d@2"], False)
+
+    recipe = tc.resolve_config({"data": ["x"], "out": "o", "steps": 7}, recipe="example")
+    assert (recipe.model, recipe.lr, recipe.train, recipe.steps) == ("sam_vit_b", 1e-3, "slopes", 7)
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: 0.1\nlearning_rate: 0.2\n")
+    for argv, expected in [
+        (["train", "--config", str(bad)], "unknown key 'learning_rate'"),
+        (["train", "--recipe", "nope", "--data", "x", "--out", "o"], "unknown recipe 'nope'"),
+        (["train", "--data", "x", "--out", "o", "--prompt", "points:0"], "--prompt"),
+        (["train", "--data", "x", "--out", "o", "--batch-size", "0"], "--batch-size"),
+    ]:
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err, err
+    typed = tmp_path / "typed.yaml"
+    typed.write_text("steps: many\n")
+    with pytest.raises(Exception, match="steps"):
+        tc.load_yaml(typed)
+    assert "train" in COMMANDS and main(["train", "--help"]) == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation, logging, inference
+
+
+def test_validation_tensorboard_and_loading_for_inference(tmp_path, data, capsys):
+    out = tmp_path / "out"
+    cfg = _cfg(out, data[:1], val_data=[str(d) for d in data], eval_every=2, steps=4, val_max_images=2, tensorboard=True,
+               train="decoder+slopes", lr=1e-2)
+    summary = run(cfg)
+    vals = [r for r in _log(out) if "val" in r]
+    assert [r["step"] for r in vals] == [2, 4]
+    for r in vals:
+        assert set(r["val"]) == {"alpha", "beta"}
+        for s in r["val"].values():
+            assert s["n"] == 2 and all(np.isfinite(s[k]) for k in ("iou", "mae", "s_measure", "boundary_iou"))
+    train_lines = [r for r in _log(out) if "loss" in r]
+    assert len(train_lines) == 4 and set(train_lines[-1]["slopes"]) == {"blocks.0.attn", "blocks.1.attn"}
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"slopes/blocks.0.attn/head0", "slopes/blocks.1.attn/head1", "train/loss", "train/lr", "val/alpha/iou", "val/beta/mae"} <= tags
+    s = acc.Scalars("slopes/blocks.1.attn/head1")
+    assert [e.step for e in s] == [1, 2, 3, 4] and s[-1].value == pytest.approx(train_lines[-1]["slopes"]["blocks.1.attn"][1])
+
+    # The checkpoint loads for inference with basam.load_model, slopes and attention kept.
+    ckpt = Path(summary["checkpoint"]) / "model.safetensors"
+    meta = read_metadata(ckpt)
+    attn = AttentionConfig(**json.loads(meta["attention"]))
+    assert attn.bias and attn.beta == 0.1 and json.loads(meta["architecture"]) == json.loads(json.dumps(VIT))
+    assert meta["step"] == "4" and meta["basam_model"] == "sam_vit_b"
+    import basam
+
+    model = basam.load_model("sam_vit_b", checkpoint=ckpt, attention=attn, architecture=json.loads(meta["architecture"]))
+    learned = model.image_encoder.blocks[1].attn.bam.slopes.detach()
+    assert not torch.allclose(learned, create_model("sam_vit_b", attention=attn, **VIT).image_encoder.blocks[1].attn.bam.slopes)
+    assert learned.tolist() == pytest.approx(train_lines[-1]["slopes"]["blocks.1.attn"])
+    capsys.readouterr()
+    rc = main(["evaluate", "--data", str(data[1]), "--model", "sam_vit_b", "--checkpoint", str(ckpt), "--architecture", meta["architecture"],
+               "--resolutions", "128", "--attention", "basam", "--max-images", "2", "--out", str(tmp_path / "ev"), "-q"])
+    assert rc == 0, capsys.readouterr().err
+    ev = json.loads((tmp_path / "ev" / "summary.json").read_text())["datasets"]["beta"]["rows"][0]
+    assert ev["n"] == 2 and np.isfinite(ev["iou"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Real data
+
+
+def test_real_duts_training_with_workers(tmp_path, data):
+    duts = SHARED / "duts-tr"
+    if not (duts / "images").is_dir():
+        pytest.skip(f"real data not found at {duts} (../shared/data is absent)")
+    cfg = _cfg(tmp_path / "out", [f"{duts}@1", f"{data[0]}@1"], steps=2, batch_size=2, num_workers=2, model="mobile_sam",
+               architecture=TINY, train="decoder", prompt="box")
+    summary = run(cfg)
+    assert summary["step"] == 2
+    assert all(np.isfinite(r["loss"]) for r in _log(tmp_path / "out"))
+    sets, weights = open_weighted(cfg.data)
+    assert [d.name for d in sets] == ["duts-tr", "alpha"] and len(sets[0]) >= 2000
+    plan = MixturePlan([len(d) for d in sets], weights, seed=0)
+    share = np.mean([plan.locate(p)[0] == 1 for p in range(4000)])
+    assert 0.45 < share < 0.55  # equal weights: the 8-image set is drawn as often as the 2500-image one
