@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# The main job: set up, then segment examples/shapes.png from one point at 1024 and 2048 px with
-# BA-SAM attention, writing masks and overlays to out/. Uses the official MobileSAM weights
-# (downloaded once, 40 MB, SHA-256 checked); offline, pass CHECKPOINT=/path/to/mobile_sam.pt.
+# The main job: set up, then segment examples/shapes.png from one point and a box with the bundled
+# basam_tiny model (offline) at its training resolution (256 px) and at 1024 px with BA-SAM
+# attention; masks and overlays go to out/. MODEL=mobile_sam uses the official MobileSAM weights
+# instead (downloaded once; CHECKPOINT=/path/to/mobile_sam.pt offline).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 mkdir -p out
-for R in 1024 2048; do
+MODEL=${MODEL:-basam_tiny}
+for R in 256 1024; do
   .venv/bin/basam segment examples/shapes.png --point 330,410 --box 170,250,490,570 \
-    --model mobile_sam ${CHECKPOINT:+--checkpoint "$CHECKPOINT"} --resolution "$R" --attention basam \
+    --model "$MODEL" ${CHECKPOINT:+--checkpoint "$CHECKPOINT"} --resolution "$R" --attention basam \
     --out "out/shapes_${R}_mask.png" --overlay "out/shapes_${R}_overlay.png"
 done
-echo "overlays written to out/"
+echo "overlays written to out/shapes_256_overlay.png and out/shapes_1024_overlay.png"

@@ -141,3 +141,13 @@ def test_download_used_when_no_checkpoint(tmp_path, monkeypatch, mobile_ckpt):
     assert calls == ["mobile_sam"] and isinstance(model, basam.Sam)
     with pytest.raises(basam.CheckpointError, match="downloading is off"):
         basam.load_model("mobile_sam", architecture=ARCH, download=False)
+
+
+def test_untrained_slopes_in_a_file_do_not_override_beta(tmp_path, mobile_ckpt):
+    """A basam file saved with fixed (untrained) slopes: the beta asked for at load time rules."""
+    model = basam.load_model("mobile_sam", checkpoint=mobile_ckpt[1], architecture=ARCH, attention="basam", beta=0.1)
+    path = save_model(model, tmp_path / "fixed.safetensors")
+    again = basam.load_model("mobile_sam", checkpoint=path, architecture=ARCH, attention="basam", beta=1.0)
+    for n, p in again.named_parameters():
+        if n.endswith("bam.slopes"):
+            assert torch.allclose(p, basam.attention.alibi_slopes(p.numel(), 1.0))

@@ -96,6 +96,8 @@ class AttentionConfig:
         if self.nsf_count not in NSF_COUNTS:
             raise InputError(f"unknown nsf_count {self.nsf_count!r}; choose one of {', '.join(NSF_COUNTS)}")
         if self.backend not in BACKENDS and self.backend not in _BACKENDS:
+            _probe_fused_backends()
+        if self.backend not in BACKENDS and self.backend not in _BACKENDS:
             raise InputError(f"unknown attention backend {self.backend!r}")
         if not math.isfinite(self.beta) or self.beta < 0:
             raise InputError(f"beta must be a finite number >= 0, got {self.beta}")
@@ -348,7 +350,30 @@ def register_backend(name: str, fn: AttendFn, supports: Callable[[Tensor], bool]
         _AUTO_ORDER.insert(0, name)
 
 
+_FUSED_PROBED = False
+
+
+def _probe_fused_backends() -> None:
+    """Register the optional fused kernels (``basam.kernels``) once, on first use; never raises.
+
+    Done lazily rather than at import so that importing basam never imports Triton and a broken
+    Triton install only costs the fused path, with SDPA as the fallback.
+    """
+    global _FUSED_PROBED
+    if _FUSED_PROBED:
+        return
+    _FUSED_PROBED = True
+    try:
+        from .kernels import maybe_register
+
+        maybe_register()
+    except Exception:  # noqa: BLE001 - any failure means: no fused kernel
+        pass
+
+
 def _pick_backend(name: str, q: Tensor) -> AttendFn:
+    if name not in ("sdpa", "reference"):
+        _probe_fused_backends()
     if name == "auto":
         for candidate in _AUTO_ORDER:
             fn, supports = _BACKENDS[candidate]

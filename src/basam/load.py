@@ -84,8 +84,9 @@ def load_model(
         raise CheckpointError(f"checkpoint {path} holds a {recorded} model, not {name} (use --model {recorded})")
     if architecture is None and meta.get("architecture"):
         architecture = json.loads(meta["architecture"]) or None
+    recorded_attention = _recorded_attention(meta)
     if attention is None:
-        attention = _recorded_attention(meta) or "vanilla"
+        attention = recorded_attention or "vanilla"
     if hq_fusion is None and spec.hq:
         hq_fusion = meta.get("hq_fusion") or "add"
     if architecture:
@@ -94,6 +95,9 @@ def load_model(
     model = build_sam(spec, config, hq_fusion=hq_fusion or "add")
     sd = read_state_dict(path)
     load_weights(model, sd, source=f"checkpoint {path}", model_name=name)
+    if not (recorded_attention is not None and recorded_attention.trainable_slopes):
+        # Slopes in the file were never trained (an official file has none): the requested beta rules.
+        model.set_attention(config, reset_slopes=True)
     model.eval()
     if device is not None:
         model.to(device)

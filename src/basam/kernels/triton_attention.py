@@ -703,7 +703,7 @@ def triton_attend(q, k, v, scale, rel_pos, grid, slopes, dist, dense_bias, chunk
         and k.shape[-1] == q.shape[-1] and v.shape[-2] == k.shape[-2]
         and 1 <= v.shape[-1] <= _MAX_HEAD_DIM
         and q.shape[-2] > 0 and k.shape[-2] > 0
-        and q.shape[0] * q.shape[1] <= 65535  # grid axis 1
+        and 0 < q.shape[0] * q.shape[1] <= 65535  # grid axis 1
         and (rel_pos is None and slopes is None or grid is not None)
         and (rel_pos is None or _rel_shapes_ok(rel_pos, grid, q.shape[-1]))
     )
