@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: set up, then segment examples/shapes.png from one point and a box with the bundled
+# The main job: set up, then segment examples/shapes.png from one point with the bundled
 # basam_tiny model (offline) at its training resolution (256 px) and at 1024 px with BA-SAM
 # attention; masks and overlays go to out/. MODEL=mobile_sam uses the official MobileSAM weights
 # instead (downloaded once; CHECKPOINT=/path/to/mobile_sam.pt offline).
@@ -9,7 +9,7 @@ bash scripts/setup.sh
 mkdir -p out
 MODEL=${MODEL:-basam_tiny}
 for R in 256 1024; do
-  .venv/bin/basam segment examples/shapes.png --point 330,410 --box 170,250,490,570 \
+  .venv/bin/basam segment examples/shapes.png --point 330,410 \
     --model "$MODEL" ${CHECKPOINT:+--checkpoint "$CHECKPOINT"} --resolution "$R" --attention basam \
     --out "out/shapes_${R}_mask.png" --overlay "out/shapes_${R}_overlay.png"
 done

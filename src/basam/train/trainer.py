@@ -362,6 +362,8 @@ def _build_model(cfg: TrainConfig):
     if cfg.architecture:
         spec = shrink(spec, **dict(cfg.architecture))
     trains_slopes = bool(policy_parts(cfg.train) & {"slopes", "full"})
+    # Slopes only learn while BM-AM is on; a file must not claim trained slopes otherwise.
+    trains_slopes = trains_slopes and AttentionConfig.from_preset(cfg.attention).bias
     attention = AttentionConfig.from_preset(cfg.attention, beta=cfg.beta, dist=cfg.dist, nsf_count=cfg.nsf_count,
                                             decoder_nsf=cfg.decoder_nsf, trainable_slopes=trains_slopes)
     if cfg.hq_fusion is not None and not spec.hq:
