@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from basam.attention import AttentionConfig
+from basam.attention import AttentionConfig, alibi_slopes
 from basam.checkpoint import read_metadata, read_state_dict, save_model
 from basam.cli import COMMANDS, main
 from basam.models.registry import create_model
@@ -466,3 +466,20 @@ def test_real_duts_training_with_workers(tmp_path, data):
     plan = MixturePlan([len(d) for d in sets], weights, seed=0)
     share = np.mean([plan.locate(p)[0] == 1 for p in range(4000)])
     assert 0.45 < share < 0.55  # equal weights: the 8-image set is drawn as often as the 2500-image one
+
+
+def test_initial_checkpoint_with_untrained_slopes_starts_from_beta(tmp_path, data):
+    """Fine-tuning from a file whose slopes were never trained starts the slopes at --beta."""
+    torch.manual_seed(0)
+    model = create_model("sam_vit_b", attention=AttentionConfig.from_preset("basam", beta=1.0), **VIT)
+    init = save_model(model, tmp_path / "fixed.safetensors")
+    cfg = _cfg(tmp_path / "run", data, checkpoint=str(init), attention="basam", beta=0.1, train="slopes", lr=1e-12, min_lr=0.0, steps=1,
+               save_every=1)
+    from basam.train import run
+
+    run(cfg)
+    final = read_state_dict(tmp_path / "run" / "checkpoints" / "step_1" / "model.safetensors")
+    slopes = {k: v for k, v in final.items() if k.endswith("bam.slopes")}
+    assert slopes
+    for v in slopes.values():
+        assert torch.allclose(v, alibi_slopes(v.numel(), 0.1), atol=1e-6)

@@ -423,7 +423,8 @@ def run(cfg: TrainConfig) -> Dict[str, Any]:
 
 
 def _run(cfg: TrainConfig, dist: Dist) -> Dict[str, Any]:
-    from ..checkpoint import load_weights, read_state_dict
+    from ..checkpoint import load_weights, read_metadata, read_state_dict
+    from ..load import _recorded_attention
     from ..io import atomic_write
     from ..load import resolve_checkpoint
     from . import checkpointing as ck
@@ -461,6 +462,10 @@ def _run(cfg: TrainConfig, dist: Dist) -> Dict[str, Any]:
     elif cfg.checkpoint is not None:
         path = resolve_checkpoint(cfg.model, cfg.checkpoint)
         load_weights(model, read_state_dict(path), source=f"checkpoint {path}", model_name=cfg.model)
+        recorded = _recorded_attention(read_metadata(path))
+        if not (recorded is not None and recorded.trainable_slopes):
+            # The file's slopes were never trained (official files have none): start from --beta.
+            model.set_attention(model.attention_config, reset_slopes=True)
     trainable_names = apply_policy(model, cfg.train)
     model.to(device)
     set_train_mode(model)
