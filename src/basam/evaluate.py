@@ -362,7 +362,7 @@ def _fmt(v: float) -> str:
 def _markdown(summary: dict, settings: EvalSettings) -> str:
     lines = [f"# basam evaluate: {settings.model}", "",
              f"prompt `{settings.prompt}`, resolutions {settings.resolutions}, attention {settings.attention}, "
-             f"checkpoint `{settings.checkpoint or 'official download'}`", ""]
+             f"checkpoint `{settings.checkpoint or 'default (bundled, else the official download)'}`", ""]
     head = "| attention | resolution | n | " + " | ".join(METRIC_COLUMNS) + " |"
     sep = "|---|---|---|" + "---|" * len(METRIC_COLUMNS)
     for name, s in summary.items():
