@@ -390,11 +390,11 @@ def _commit(tmp: Path, path: Path) -> None:
         except OSError:
             pass
         raise InputError(f"cannot write {_show(path)}: {_one_line(e)}") from e
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename durable on POSIX; not possible (and not needed) on Windows.
+def fsync_dir(directory: Path) -> None:
+    """Flush a directory entry so a rename into it is durable (POSIX; a no-op where unsupported)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

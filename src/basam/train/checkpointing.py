@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, InputError
+from ..io import fsync_dir
 
 __all__ = [
     "STATE_FORMAT",
@@ -106,19 +107,6 @@ def model_metadata(model, *, architecture: Optional[dict], step: int, policy: st
 # Writing
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def step_dir_name(step: int) -> str:
     return f"step_{int(step)}"
 
@@ -141,7 +129,7 @@ def save_checkpoint(ckpt_dir: Path, step: int, model, metadata: Dict[str, str], 
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write(tmp / "state.pt", lambda f: f.write(buf.getvalue()))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():  # the same step saved before (a rerun): move the old one out of the way
             trash = ckpt_dir / f"{_TMP_PREFIX}old-{step}-{os.getpid()}"
             os.replace(final, trash)
@@ -149,7 +137,7 @@ def save_checkpoint(ckpt_dir: Path, step: int, model, metadata: Dict[str, str], 
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        _fsync_dir(ckpt_dir)
+        fsync_dir(ckpt_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
