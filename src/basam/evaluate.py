@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from .distributed import Dist, init_distributed
 from .errors import BasamError, CheckpointError, InputError
 
 METRIC_COLUMNS = ("mae", "s_measure", "e_measure_mean", "e_measure_max", "weighted_f", "f_measure_mean", "f_measure_max",
@@ -63,41 +64,6 @@ class EvalSettings:
 
     def key(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
-
-
-# ----------------------------------------------------------------------------------------------
-# Distributed plumbing (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK)
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as td
-
-            td.barrier()
-
-
-def init_distributed(device: str) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    import torch
-    import torch.distributed as td
-
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
-    if not td.is_initialized():
-        td.init_process_group(backend=backend)
-    return Dist(rank, world, local)
 
 
 def attention_variant(spec: str, base=None):
@@ -506,7 +472,10 @@ def run_cli(args: argparse.Namespace) -> int:
     if dist.world > 1 and device.startswith("cuda"):
         device = f"cuda:{dist.local_rank}"
     t0 = time.time()
-    summary = run(settings, Path(args.out), device=device, progress=not args.quiet, dist=dist)
+    try:
+        summary = run(settings, Path(args.out), device=device, progress=not args.quiet, dist=dist)
+    finally:
+        dist.close()
     if summary is not None:
         print((Path(args.out) / "summary.md").read_text())
         print(f"wrote {args.out}/summary.md, summary.csv, summary.json, per_image.csv and plots in {time.time() - t0:.1f} s")

@@ -17,81 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import BasamError, InputError
+from ..distributed import Dist, init_distributed
 from .config import RUN_DEFINING, TrainConfig
 from .losses import LossWeights, sample_losses, upsample_logits
 
 __all__ = ["TrainModule", "lr_factor", "run", "slopes_by_layer", "validate"]
-
-
-# ----------------------------------------------------------------------------------------------
-# Distributed plumbing
-
-
-class Dist:
-    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0, owned: bool = False) -> None:
-        self.rank, self.world, self.local_rank = rank, world, local_rank
-        self.owned = owned  # this run created the process group (and destroys it at the end)
-
-    def close(self) -> None:
-        if self.owned:
-            import torch.distributed as td
-
-            if td.is_initialized():
-                td.destroy_process_group()
-            self.owned = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as td
-
-            td.barrier()
-
-    def all_sum(self, values: List[float], device) -> List[float]:
-        if self.world == 1:
-            return list(values)
-        import torch.distributed as td
-
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        td.all_reduce(t)
-        return t.tolist()
-
-    def gather(self, obj: Any) -> List[Any]:
-        if self.world == 1:
-            return [obj]
-        import torch.distributed as td
-
-        out: List[Any] = [None] * self.world
-        td.all_gather_object(out, obj)
-        return out
-
-    def broadcast(self, obj: Any) -> Any:
-        if self.world == 1:
-            return obj
-        import torch.distributed as td
-
-        box = [obj]
-        td.broadcast_object_list(box, src=0)
-        return box[0]
-
-
-def init_distributed(device: str) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    import torch.distributed as td
-
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
-    owned = not td.is_initialized()
-    if owned:
-        if backend == "nccl":
-            torch.cuda.set_device(local)
-        td.init_process_group(backend=backend)
-    return Dist(rank, world, local, owned)
 
 
 def _resolve_device(name: str, dist: Dist) -> torch.device:
