@@ -122,3 +122,26 @@ def test_forward_has_gradients():
     out[0]["low_res_logits"].mean().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert sum(g is not None and g.abs().sum() > 0 for g in grads) > 0.8 * len(grads)
+
+
+def test_tinyvit_conv_bn_folded_in_eval_equals_conv_then_bn():
+    """Conv2d_BN folds BatchNorm into the convolution in eval mode; training mode still runs the BN."""
+    from basam.models.tiny_vit import Conv2d_BN
+
+    torch.manual_seed(0)
+    for groups, ks in ((1, 1), (8, 3)):
+        m = Conv2d_BN(8, 8, ks=ks, pad=ks // 2, groups=groups)
+        with torch.no_grad():
+            m.bn.running_mean.normal_(0, 0.5)
+            m.bn.running_var.uniform_(0.5, 2.0)
+            m.bn.weight.normal_(1, 0.2)
+            m.bn.bias.normal_(0, 0.2)
+        x = torch.randn(2, 8, 9, 11)
+        m.eval()
+        with torch.no_grad():
+            want = m.bn(m.c(x))
+            assert torch.allclose(m(x), want, atol=1e-5)
+            assert torch.allclose(m(x.contiguous(memory_format=torch.channels_last)), want, atol=1e-5)
+        m.train()
+        out = m(x)
+        assert torch.allclose(out.mean((0, 2, 3)), m.bn.bias, atol=1e-4)  # batch statistics, not running ones
