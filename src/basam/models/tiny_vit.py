@@ -285,7 +285,10 @@ class TinyViT(nn.Module):
         return 16
 
     def forward(self, x: Tensor) -> Tuple[Tensor, List[Tensor]]:
-        x = self.patch_embed(x)
+        # The convolutional stages run channels-last: oneDNN's depthwise and 1x1 convolutions are
+        # ~2-3x faster on it than on NCHW on the CPU, and PatchMerging's output then already is the
+        # (B, H*W, C) token layout, so flattening to tokens costs no copy.
+        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
         hw = (x.shape[2], x.shape[3])
         interm: List[Tensor] = []
         for i, layer in enumerate(self.layers):
