@@ -237,3 +237,59 @@ def test_sdpa_chunks_bound_memory_at_2048(monkeypatch):
     assert feats.embeddings.shape == (1, 256, 128, 128)
     full = 2 * 16384 * 16384 * 4
     assert sizes and max(sizes) <= budget // 2 < full
+
+
+@pytest.mark.parametrize("dist", A.DISTANCES)
+@pytest.mark.parametrize("parts", ["rel_pos", "slopes", "all"])
+def test_bias_written_into_scratch_equals_allocated(dist, parts):
+    """The sdpa path's in-place bias (scratch buffer) is the functional one, for any chunk of rows."""
+    g = torch.Generator().manual_seed(2)
+    B, H, d, grid = 2, 3, 4, (3, 5)
+    N = grid[0] * grid[1]
+    q = torch.randn(B, H, N, d, generator=g)
+    rel = (torch.randn(3, 3, d, generator=g), torch.randn(5, 5, d, generator=g)) if parts != "slopes" else None
+    slopes = alibi_slopes(H, 0.7) if parts != "rel_pos" else None
+    dense = torch.randn(H, N, N, generator=g) if parts == "all" else None
+    scratch = torch.full((B * H * N * N,), float("nan"))
+    for rows in (slice(0, N), slice(0, 5), slice(3, 11), slice(13, 15)):
+        want = A._bias_chunk(q, rows, rel, grid, slopes, dist, dense, N)
+        got = A._bias_chunk(q, rows, rel, grid, slopes, dist, dense, N, out=scratch)
+        assert got.shape == want.shape == (B, H, rows.stop - rows.start, N)
+        assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_bias_scratch_scope_same_results_and_nothing_kept():
+    """attend() inside bias_scratch() (one shared, growing buffer) == outside; the buffer dies with the scope."""
+    g = torch.Generator().manual_seed(3)
+    cases = []
+    for B, H, grid in ((3, 2, (4, 4)), (1, 2, (6, 7)), (2, 2, (4, 4))):  # the buffer grows, then is reused
+        N = grid[0] * grid[1]
+        q, k, v = (torch.randn(B, H, N, 8, generator=g) for _ in range(3))
+        rel = (torch.randn(grid[0], grid[0], 8, generator=g), torch.randn(grid[1], grid[1], 8, generator=g))
+        for chunk_bytes in (2**30, B * H * N * 8 * 5):  # one chunk, several chunks
+            cases.append(dict(q=q, k=k, v=v, scale=0.3, rel_pos=rel, grid=grid, slopes=alibi_slopes(H, 1.0),
+                              backend="sdpa", chunk_bytes=chunk_bytes))
+    want = [attend(**c) for c in cases]
+    with A.bias_scratch():
+        got = [attend(**c) for c in cases]
+        assert len(A._SCRATCH.get()) == 1  # one buffer, for the CPU
+    assert A._SCRATCH.get() is None
+    ref = [A._attend_reference(c["q"], c["k"], c["v"], 0.3, c["rel_pos"], c["grid"], c["slopes"], "manhattan", None, 0) for c in cases]
+    for a, b, r in zip(got, want, ref):
+        assert torch.equal(a, b)
+        assert torch.allclose(a, r, atol=1e-5)
+
+
+def test_bias_scratch_leaves_autograd_alone():
+    """With inputs that need gradients the bias is built out of place, so backward still works."""
+    g = torch.Generator().manual_seed(4)
+    grid, N = (4, 4), 16
+    q, k, v = (torch.randn(1, 2, N, 8, generator=g, requires_grad=True) for _ in range(3))
+    slopes = alibi_slopes(2, 1.0).requires_grad_(True)
+    rel = (torch.randn(4, 4, 8, generator=g), torch.randn(4, 4, 8, generator=g))
+    with A.bias_scratch():
+        out = attend(q, k, v, scale=0.3, rel_pos=rel, grid=grid, slopes=slopes, backend="sdpa", chunk_bytes=2 * N * 8 * 5)
+    out.square().sum().backward()
+    ref = A._attend_reference(q, k, v, 0.3, rel, grid, slopes, "manhattan", None, 0)
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert q.grad is not None and slopes.grad is not None and slopes.grad.abs().sum() > 0

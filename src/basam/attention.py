@@ -24,6 +24,8 @@ A fused GPU kernel registers itself in :data:`_BACKENDS` and is picked by ``back
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Callable, Optional, Sequence, Tuple
@@ -43,6 +45,7 @@ __all__ = [
     "nsf_scale",
     "layer_scale",
     "attend",
+    "bias_scratch",
     "set_attention",
 ]
 
@@ -258,6 +261,25 @@ def distance_matrix(grid: Tuple[int, int], dist: str, rows: Optional[slice] = No
 # Bias assembly (shared by both backends)
 
 
+def _rel_pos_terms(q: Tensor, rows: slice, rel_pos: Tuple[Tensor, Tensor], grid: Tuple[int, int]) -> Tuple[Tensor, Tensor]:
+    """``q_i . Rh[r_i, :]`` and ``q_i . Rw[c_i, :]`` for the queries ``rows``: (B, H, nq, gh) and
+    (B, H, nq, gw), fp32.
+
+    Computed over the whole grid rows that cover ``rows`` (then sliced), so that both are batched
+    matmuls against a slice of the tables instead of a per-query gather of (nq, gh, d) tables.
+    """
+    gh, gw = grid
+    rh, rw = rel_pos  # (gh_q, gh_k, d), (gw_q, gw_k, d)
+    B, H, _, d = q.shape
+    r0, r1 = rows.start // gw, -(-rows.stop // gw)
+    qg = q[:, :, r0 * gw : r1 * gw].float().reshape(B, H, r1 - r0, gw, d)
+    row = torch.einsum("bhxyd,xkd->bhxyk", qg, rh[r0:r1].float()).reshape(B, H, -1, gh)
+    col = torch.einsum("bhxyd,ykd->bhxyk", qg, rw.float()).reshape(B, H, -1, gw)
+    off = rows.start - r0 * gw
+    n = rows.stop - rows.start
+    return row[:, :, off : off + n], col[:, :, off : off + n]
+
+
 def _bias_chunk(
     q: Tensor,
     rows: slice,
@@ -267,26 +289,31 @@ def _bias_chunk(
     dist: str,
     dense_bias: Optional[Tensor],
     n_keys: int,
+    out: Optional[Tensor] = None,
 ) -> Optional[Tensor]:
     """The additive logit bias ``r + b`` for queries ``rows``. Shape (B, H, Nq_chunk, N_keys), fp32.
 
     ``q`` is the full (B, H, Nq, d) query tensor (unscaled); only ``q[:, :, rows]`` is read.
+    ``out``: optional flat fp32 scratch tensor with room for the chunk's bias; the bias is then
+    written into it in place (no autograd) rather than allocated.
     """
+    rows = slice(*rows.indices(q.shape[-2]))
     bias: Optional[Tensor] = None
     B, Hh = q.shape[0], q.shape[1]
+    n_q = rows.stop - rows.start
+    row = col = None
     if rel_pos is not None or slopes is not None:
         assert grid is not None, "a grid is needed for relative positions or distance bias"
         gh, gw = grid
+        if gh * gw != n_keys:
+            raise ValueError(f"bias covers {gh * gw} keys but attention has {n_keys}")
         qr, qc = grid_coords(grid, q.device)
         qr, qc = qr[rows], qc[rows]
-        n_q = qr.shape[0]
-        row = q.new_zeros((1, 1, n_q, gh), dtype=torch.float32)
-        col = q.new_zeros((1, 1, n_q, gw), dtype=torch.float32)
         if rel_pos is not None:
-            rh, rw = rel_pos  # (gh_q, gh_k, d), (gw_q, gw_k, d)
-            qc_ = q[:, :, rows].float()
-            row = row + torch.einsum("bhcd,ckd->bhck", qc_, rh.float()[qr])
-            col = col + torch.einsum("bhcd,ckd->bhck", qc_, rw.float()[qc])
+            row, col = _rel_pos_terms(q, rows, rel_pos, grid)
+        else:
+            row = q.new_zeros((1, 1, n_q, gh), dtype=torch.float32)
+            col = q.new_zeros((1, 1, n_q, gw), dtype=torch.float32)
         if slopes is not None and dist == "manhattan":
             # Separable: -s * (|dr| + |dc|) goes into the row and column terms.
             s = slopes.float().view(1, -1, 1, 1)
@@ -294,15 +321,35 @@ def _bias_chunk(
             kc = torch.arange(gw, device=q.device)
             row = row - s * (qr[:, None] - kr[None, :]).abs().float()
             col = col - s * (qc[:, None] - kc[None, :]).abs().float()
-        bias = (row[..., :, None] + col[..., None, :]).flatten(-2)
-        if slopes is not None and dist != "manhattan":
-            d = distance_matrix(grid, dist, rows, q.device)
-            bias = bias - slopes.float().view(1, -1, 1, 1) * d
-    if dense_bias is not None:
-        db = dense_bias[..., rows, :].float()
-        bias = db if bias is None else bias + db
-    if bias is not None and bias.shape[-1] != n_keys:
-        raise ValueError(f"bias covers {bias.shape[-1]} keys but attention has {n_keys}")
+    nonsep = slopes is not None and dist != "manhattan"
+    db = None if dense_bias is None else dense_bias[..., rows, :].float()
+    if db is not None and db.shape[-1] != n_keys:
+        raise ValueError(f"bias covers {db.shape[-1]} keys but attention has {n_keys}")
+    if out is not None and row is not None:
+        # Same sums as below, written into the scratch buffer: one pass for row + col, then the
+        # optional non-separable and dense terms added in place.
+        shapes = [row.shape[:-1] + (n_keys,), col.shape[:-1] + (n_keys,)]
+        if nonsep:
+            shapes.append((1, slopes.shape[0], n_q, n_keys))
+        if db is not None:
+            shapes.append(db.shape)
+        final = torch.broadcast_shapes(*shapes)
+        lead = final[:-1]
+        bias = out[: math.prod(final)].view(final)
+        torch.add(row.expand(lead + (gh,))[..., :, None], col.expand(lead + (gw,))[..., None, :],
+                  out=bias.view(lead + (gh, gw)))
+        if nonsep:
+            bias.sub_(slopes.float().view(1, -1, 1, 1) * distance_matrix(grid, dist, rows, q.device))
+        if db is not None:
+            bias.add_(db)
+    else:
+        if row is not None:
+            bias = (row[..., :, None] + col[..., None, :]).flatten(-2)
+            if nonsep:
+                d = distance_matrix(grid, dist, rows, q.device)
+                bias = bias - slopes.float().view(1, -1, 1, 1) * d
+        if db is not None:
+            bias = db if bias is None else bias + db
     if bias is not None:
         bias = bias.expand(B, Hh, bias.shape[-2], n_keys)
     return bias
@@ -318,6 +365,36 @@ def _attend_reference(q, k, v, scale, rel_pos, grid, slopes, dist, dense_bias, c
     return (logits.softmax(dim=-1) @ v.float()).to(v.dtype)
 
 
+#: The scratch of the innermost :func:`bias_scratch` scope of this thread / task (None outside).
+_SCRATCH: contextvars.ContextVar = contextvars.ContextVar("basam_bias_scratch", default=None)
+
+
+@contextlib.contextmanager
+def bias_scratch():
+    """Let every CPU :func:`attend` call inside share one fp32 buffer for its materialised bias.
+
+    On the CPU a fresh bias tensor of tens to hundreds of MB is paid for in page faults on every
+    call (more than the additions that fill it); an encoder forward enters this scope so that its
+    layers reuse one buffer. The buffer lives only as long as the scope: no state outlives it.
+    """
+    token = _SCRATCH.set({})
+    try:
+        yield
+    finally:
+        _SCRATCH.reset(token)
+
+
+def _scratch(numel: int, device: torch.device, scope: Optional[dict]) -> Tensor:
+    """A flat fp32 buffer of at least ``numel`` elements: the scope's (grown if needed) or a new one."""
+    if scope is None:
+        return torch.empty(numel, dtype=torch.float32, device=device)
+    buf = scope.get(device)
+    if buf is None or buf.numel() < numel:
+        scope[device] = None  # drop the old buffer before allocating the bigger one
+        buf = scope[device] = torch.empty(numel, dtype=torch.float32, device=device)
+    return buf
+
+
 def _attend_sdpa(q, k, v, scale, rel_pos, grid, slopes, dist, dense_bias, chunk_bytes):
     """SDPA with the bias built for one chunk of queries at a time (bounded memory)."""
     has_bias = rel_pos is not None or slopes is not None or dense_bias is not None
@@ -328,12 +405,31 @@ def _attend_sdpa(q, k, v, scale, rel_pos, grid, slopes, dist, dense_bias, chunk_
     # Bias chunk plus the attention weights a non-fused kernel may keep: ~2 fp32 rows per query.
     per_row = max(1, B * H * n_k * 4 * 2)
     chunk = max(1, min(n_q, chunk_bytes // per_row))
+    if grid is not None and grid[1] <= chunk < n_q:
+        chunk -= chunk % grid[1]  # whole grid rows, so no chunk computes rel-pos terms twice
+    scratch = None
+    separable = rel_pos is not None or slopes is not None
+    if separable and not _needs_grad(q, rel_pos, slopes, dense_bias):
+        # Write each chunk's bias into one reused buffer instead of a fresh tensor per chunk (a
+        # fresh one costs page faults on every chunk); shared across calls in a bias_scratch()
+        # scope on the CPU (CUDA's caching allocator already reuses memory).
+        scope = _SCRATCH.get() if q.device.type == "cpu" else None
+        if chunk < n_q or scope is not None:
+            scratch = _scratch(B * H * chunk * n_k, q.device, scope)
     outs = []
     for start in range(0, n_q, chunk):
         rows = slice(start, min(n_q, start + chunk))
-        bias = _bias_chunk(q, rows, rel_pos, grid, slopes, dist, dense_bias, n_k).to(q.dtype)
+        bias = _bias_chunk(q, rows, rel_pos, grid, slopes, dist, dense_bias, n_k, out=scratch).to(q.dtype)
         outs.append(F.scaled_dot_product_attention(q[:, :, rows], k, v, attn_mask=bias, scale=scale))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
+def _needs_grad(q, rel_pos, slopes, dense_bias) -> bool:
+    """Whether autograd must see the bias (in-place writes into a scratch buffer would break it)."""
+    if not torch.is_grad_enabled():
+        return False
+    ts = [q, slopes, dense_bias] + (list(rel_pos) if rel_pos is not None else [])
+    return any(t is not None and t.requires_grad for t in ts)
 
 
 AttendFn = Callable[..., Tensor]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attention import AttentionConfig, BiasModeMask, attend, layer_scale
+from ..attention import AttentionConfig, BiasModeMask, attend, bias_scratch, layer_scale
 from .common import LayerNorm2d, MLPBlock
 
 
@@ -91,10 +91,11 @@ class ImageEncoderViT(nn.Module):
         if self.pos_embed is not None:
             x = x + self.resampled_pos_embed(tuple(x.shape[1:3]))
         interm: List[Tensor] = []
-        for blk in self.blocks:
-            x = blk(x)
-            if blk.window_size == 0:
-                interm.append(x)
+        with bias_scratch():  # the blocks' attention biases share one buffer (see bias_scratch)
+            for blk in self.blocks:
+                x = blk(x)
+                if blk.window_size == 0:
+                    interm.append(x)
         return self.neck(x.permute(0, 3, 1, 2)), interm
 
 
