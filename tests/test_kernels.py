@@ -54,6 +54,10 @@ CASES.append(_case("fp32-3x20-euclidean-slopes-only", (3, 20), dist="euclidean",
 CASES.append(_case("fp32-5x3-rel-only", (5, 3), slopes=False))
 CASES.append(_case("fp32-3x20-rel-only", (3, 20), slopes=False))
 CASES.append(_case("fp32-4x4-plain", (4, 4), rel=False, slopes=False))
+# one key row per tile on full tiles: the separable Manhattan path and the mask-free (EVEN_N) loads
+CASES.append(_case("fp32-4x16-manhattan-separable-even", (4, 16)))
+CASES.append(_case("fp32-4x16-manhattan-slopes-only-separable", (4, 16), rel=False))
+CASES.append(_case("bf16-2x32-manhattan-separable-even", (2, 32), dtype="bfloat16"))
 # head dim 80: padded to 128 in the kernel
 CASES.append(_case("fp32-8x8-euclidean-d80", (8, 8), d=80, dist="euclidean"))
 CASES.append(_case("fp32-5x3-manhattan-d80", (5, 3), d=80))

@@ -145,3 +145,24 @@ def test_tinyvit_conv_bn_folded_in_eval_equals_conv_then_bn():
         m.train()
         out = m(x)
         assert torch.allclose(out.mean((0, 2, 3)), m.bn.bias, atol=1e-4)  # batch statistics, not running ones
+
+
+def test_bf16_model_predicts_like_fp32():
+    """A model cast to bf16 (the fast GPU setting) runs the whole predictor (point, box, mask prompt)
+    and agrees with fp32 on nearly every pixel."""
+    import numpy as np
+
+    import basam
+
+    img = (np.random.default_rng(0).random((120, 180, 3)) * 255).astype(np.uint8)
+    outs = []
+    for dtype in (torch.float32, torch.bfloat16):
+        p = basam.Predictor(basam.load_model("basam_tiny").to(dtype), resolution=192)
+        p.set_image(img)
+        masks, scores, low = p.predict(point_coords=[[90, 60]], point_labels=[1], box=[30, 20, 150, 100])
+        masks2, _, _ = p.predict(point_coords=[[90, 60]], point_labels=[1], mask_input=low[:1])
+        assert scores.dtype == np.float32 and low.dtype == np.float32
+        outs.append((masks, scores, masks2))
+    (m32, s32, r32), (m16, s16, r16) = outs
+    assert (m32 == m16).mean() > 0.97 and (r32 == r16).mean() > 0.97
+    assert np.abs(s32 - s16).max() < 0.05

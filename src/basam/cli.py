@@ -484,11 +484,18 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
     return add_parser(subparsers)
 
 
+def _add_bench_parser(subparsers) -> argparse.ArgumentParser:
+    from .bench import add_parser
+
+    return add_parser(subparsers)
+
+
 COMMANDS: Dict[str, Callable[[object], argparse.ArgumentParser]] = {
     "segment": _add_segment_parser,
     "evaluate": _add_evaluate_parser,
     "evaluate-coco": _add_evaluate_coco_parser,
     "train": _add_train_parser,
+    "bench": _add_bench_parser,
 }
 
 

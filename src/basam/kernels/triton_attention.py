@@ -5,13 +5,15 @@ Logits (``basam.attention``, ``../shared/SPEC.md``)::
 
     s_ij = scale * q_i.k_j + REL_H[i, row(j)] + REL_W[i, col(j)] - slope_h * dist(p_i, p_j)
 
-* ``REL_H`` (B, H, N, gh) and ``REL_W`` (B, H, N, gw), fp32, come from a small differentiable torch
-  pre-pass (:func:`_rel_tables`): ``REL_H[i, kr] = q_i . Rh[row(i), kr]`` (SAM's decomposed
-  relative positions, unscaled q) and likewise by column; a Manhattan distance bias is separable and
-  is folded into them (``- slope * |row_i - kr|`` and ``- slope * |col_i - kc|``). Their cost is
-  O(N (gh + gw) d), negligible next to attention. The kernel returns their gradients and autograd
-  carries those to q, Rh, Rw and the slopes.
-* Euclidean and flat distances (and Manhattan when there are no tables) are computed in the kernel
+* ``REL_H`` and ``REL_W`` (B, H, gh, gw, g_k), in q's dtype, come from a small differentiable torch
+  pre-pass (:func:`_rel_tables`, two matrix products): ``REL_H[i, kr] = q_i . Rh[row(i), kr]`` (SAM's
+  decomposed relative positions, unscaled q) and likewise by column. Their cost is O(N (gh + gw) d),
+  negligible next to attention. The kernels return their gradients and autograd carries those to
+  q, Rh and Rw.
+* Manhattan distance is separable: with one key row per tile (the usual tiling), its row part is
+  one value per query and tile and its column part joins the column term, which is built once per
+  column chunk, so BA-SAM's default bias costs nothing per logit.
+* Euclidean and flat distances (and Manhattan on tiles of several key rows) are computed in the kernel
   from the token indices; the slope gradient ``-sum dS * dist`` is reduced per program.
 
 Key tiles follow the token grid: a tile is ``R`` grid rows x ``CB`` grid columns (``CB`` = the
@@ -96,13 +98,13 @@ def _fwd_kernel(
     sk_b, sk_h, sk_n, sk_d,
     sv_b, sv_h, sv_n, sv_d,
     so_b, so_h, so_n, so_d,
-    srh_b, srh_h, srh_n, srh_k,
-    srw_b, srw_h, srw_n, srw_k,
+    srh_b, srh_h, srh_r, srh_c, srh_k,
+    srw_b, srw_h, srw_r, srw_c, srw_k,
     H, NQ, GH, GW, D, DV, scale,
     HAS_REL: tl.constexpr, DIST: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CB: tl.constexpr, R: tl.constexpr,
-    PREC: tl.constexpr, UPCAST: tl.constexpr,
+    EVEN_N: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -120,12 +122,19 @@ def _fwd_kernel(
                 mask=m_valid[:, None] & d_valid[None, :], other=0.0)
     K += b * sk_b + h * sk_h
     V += b * sv_b + h * sv_h
-    RELH += b * srh_b + h * srh_h
-    RELW += b * srw_b + h * srw_h
     q_row = offs_m // GW
     q_col = offs_m % GW
+    if HAS_REL:
+        # per-query base pointers into the (B, H, gh, gw, g_k) tables (any strides)
+        relh_q = RELH + b * srh_b + h * srh_h + q_row * srh_r + q_col * srh_c
+        relw_q = RELW + b * srw_b + h * srw_h + q_row * srw_r + q_col * srw_c
     if DIST != 0:
         slope = tl.load(SLOPES + h).to(tl.float32)
+    # Manhattan with one key row per tile is separable: its row part is one value per query and
+    # tile, its column part joins the loop-invariant column term. Nothing per element.
+    SEPARABLE: tl.constexpr = DIST == 1 and R == 1
+    COL_TERM: tl.constexpr = HAS_REL or SEPARABLE
+    qk_scale = scale * LOG2E  # logits in base-2 units throughout: exp2, no per-element rescale
 
     offs_j = tl.arange(0, CB * R)
     j_row = offs_j // CB
@@ -138,32 +147,48 @@ def _fwd_kernel(
     for c0 in range(0, GW, CB):
         kc = c0 + j_col
         c_valid = kc < GW
-        if HAS_REL:
-            # column term of every tile of this column chunk: loaded once, reused for all rows
-            col_bias = tl.load(RELW + offs_m[:, None] * srw_n + kc[None, :] * srw_k,
-                               mask=m_valid[:, None] & c_valid[None, :], other=0.0)
+        if COL_TERM:
+            # the column term of every tile of this column chunk: built once, reused for all rows
+            col_term = tl.zeros([BLOCK_M, CB * R], dtype=tl.float32)
+            if HAS_REL:
+                col_term += tl.load(relw_q[:, None] + kc[None, :] * srw_k,
+                                    mask=m_valid[:, None] & c_valid[None, :], other=0.0).to(tl.float32)
+            if SEPARABLE:
+                col_term -= slope * tl.abs(q_col[:, None] - kc[None, :]).to(tl.float32)
+            col_term = col_term * LOG2E
         for kr0 in range(0, GH, R):
             kr = kr0 + j_row
-            k_valid = c_valid & (kr < GH)
             n = kr * GW + kc
-            k = tl.load(K + n[:, None] * sk_n + offs_d[None, :] * sk_d,
-                        mask=k_valid[:, None] & d_valid[None, :], other=0.0)
-            v = tl.load(V + n[:, None] * sv_n + offs_dv[None, :] * sv_d,
-                        mask=k_valid[:, None] & dv_valid[None, :], other=0.0)
-            s = _dot(q, tl.trans(k), PREC, UPCAST) * scale
-            if HAS_REL:
-                if R == 1:
-                    row_bias = tl.load(RELH + offs_m * srh_n + kr0 * srh_k, mask=m_valid, other=0.0)
-                    s += row_bias[:, None] + col_bias
-                else:
-                    row_bias = tl.load(RELH + offs_m[:, None] * srh_n + kr[None, :] * srh_k,
-                                       mask=m_valid[:, None] & k_valid[None, :], other=0.0)
-                    s += row_bias + col_bias
-            if DIST != 0:
+            if EVEN_N:
+                k = tl.load(K + n[:, None] * sk_n + offs_d[None, :] * sk_d, mask=d_valid[None, :], other=0.0)
+                v = tl.load(V + n[:, None] * sv_n + offs_dv[None, :] * sv_d, mask=dv_valid[None, :], other=0.0)
+            else:
+                k_valid = c_valid & (kr < GH)
+                k = tl.load(K + n[:, None] * sk_n + offs_d[None, :] * sk_d,
+                            mask=k_valid[:, None] & d_valid[None, :], other=0.0)
+                v = tl.load(V + n[:, None] * sv_n + offs_dv[None, :] * sv_d,
+                            mask=k_valid[:, None] & dv_valid[None, :], other=0.0)
+            s = _dot(q, tl.trans(k), PREC, UPCAST) * qk_scale
+            if COL_TERM:
+                s += col_term
+            if R == 1:
+                if COL_TERM:
+                    row_term = tl.zeros([BLOCK_M], dtype=tl.float32)
+                    if HAS_REL:
+                        row_term += tl.load(relh_q + kr0 * srh_k, mask=m_valid, other=0.0).to(tl.float32)
+                    if SEPARABLE:
+                        row_term -= slope * tl.abs(q_row - kr0).to(tl.float32)
+                    s += (row_term * LOG2E)[:, None]
+            else:
+                if HAS_REL:
+                    s += tl.load(relh_q[:, None] + kr[None, :] * srh_k,
+                                 mask=m_valid[:, None] & (kr < GH)[None, :], other=0.0).to(tl.float32) * LOG2E
+            if DIST != 0 and not SEPARABLE:
                 dist = _distance(q_row[:, None] - kr[None, :], q_col[:, None] - kc[None, :],
                                  offs_m[:, None] - n[None, :], DIST)
-                s -= slope * dist
-            s = tl.where(k_valid[None, :], s * LOG2E, float("-inf"))
+                s -= (slope * LOG2E) * dist
+            if not EVEN_N:
+                s = tl.where((c_valid & (kr < GH))[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             p = tl.exp2(s - m_new[:, None])
             alpha = tl.exp2(m_i - m_new)
@@ -185,8 +210,8 @@ def _bwd_dq_kernel(
     sv_b, sv_h, sv_n, sv_d,
     sdo_b, sdo_h, sdo_n, sdo_d,
     sdq_b, sdq_h, sdq_n, sdq_d,
-    srh_b, srh_h, srh_n, srh_k,
-    srw_b, srw_h, srw_n, srw_k,
+    srh_b, srh_h, srh_r, srh_c, srh_k,
+    srw_b, srw_h, srw_r, srw_c, srw_k,
     H, NQ, GH, GW, D, DV, scale, N_MBLOCKS,
     HAS_REL: tl.constexpr, DIST: tl.constexpr, DREL: tl.constexpr, DSL: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
@@ -213,13 +238,14 @@ def _bwd_dq_kernel(
     delta = tl.load(DELTA + bh.to(tl.int64) * NQ + offs_m, mask=m_valid, other=0.0)
     K += b * sk_b + h * sk_h
     V += b * sv_b + h * sv_h
-    RELH += b * srh_b + h * srh_h
-    RELW += b * srw_b + h * srw_h
     # gradient tables are contiguous (B, H, NQ, GH) / (B, H, NQ, GW) fp32
     DRELH += bh.to(tl.int64) * NQ * GH
     DRELW += bh.to(tl.int64) * NQ * GW
     q_row = offs_m // GW
     q_col = offs_m % GW
+    if HAS_REL:
+        relh_q = RELH + b * srh_b + h * srh_h + q_row * srh_r + q_col * srh_c
+        relw_q = RELW + b * srw_b + h * srw_h + q_row * srw_r + q_col * srw_c
     if DIST != 0:
         slope = tl.load(SLOPES + h).to(tl.float32)
 
@@ -234,8 +260,8 @@ def _bwd_dq_kernel(
         kc = c0 + j_col
         c_valid = kc < GW
         if HAS_REL:
-            col_bias = tl.load(RELW + offs_m[:, None] * srw_n + kc[None, :] * srw_k,
-                               mask=m_valid[:, None] & c_valid[None, :], other=0.0)
+            col_bias = tl.load(relw_q[:, None] + kc[None, :] * srw_k,
+                               mask=m_valid[:, None] & c_valid[None, :], other=0.0).to(tl.float32)
         if DREL:
             dcol = tl.zeros([BLOCK_M, CB * R], dtype=tl.float32)
         for kr0 in range(0, GH, R):
@@ -249,11 +275,11 @@ def _bwd_dq_kernel(
             s = _dot(q, tl.trans(k), PREC, UPCAST) * scale
             if HAS_REL:
                 if R == 1:
-                    row_bias = tl.load(RELH + offs_m * srh_n + kr0 * srh_k, mask=m_valid, other=0.0)
+                    row_bias = tl.load(relh_q + kr0 * srh_k, mask=m_valid, other=0.0).to(tl.float32)
                     s += row_bias[:, None] + col_bias
                 else:
-                    row_bias = tl.load(RELH + offs_m[:, None] * srh_n + kr[None, :] * srh_k,
-                                       mask=m_valid[:, None] & k_valid[None, :], other=0.0)
+                    row_bias = tl.load(relh_q[:, None] + kr[None, :] * srh_k,
+                                       mask=m_valid[:, None] & k_valid[None, :], other=0.0).to(tl.float32)
                     s += row_bias + col_bias
             if DIST != 0:
                 dist = _distance(q_row[:, None] - kr[None, :], q_col[:, None] - kc[None, :],
@@ -309,8 +335,8 @@ def _bwd_dkdv_kernel(
     sdo_b, sdo_h, sdo_n, sdo_d,
     sdk_b, sdk_h, sdk_n, sdk_d,
     sdv_b, sdv_h, sdv_n, sdv_d,
-    srh_b, srh_h, srh_n, srh_k,
-    srw_b, srw_h, srw_n, srw_k,
+    srh_b, srh_h, srh_r, srh_c, srh_k,
+    srw_b, srw_h, srw_r, srw_c, srw_k,
     H, NQ, GH, GW, D, DV, scale,
     HAS_REL: tl.constexpr, DIST: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
@@ -361,17 +387,19 @@ def _bwd_dkdv_kernel(
         delta = tl.load(DELTA + offs_m, mask=m_valid, other=0.0)
         # transposed tile: keys x queries
         st = _dot(k, tl.trans(q), PREC, UPCAST) * scale
+        q_row = offs_m // GW
+        q_col = offs_m % GW
         if HAS_REL:
             both = k_valid[:, None] & m_valid[None, :]
+            relh_q = RELH + q_row * srh_r + q_col * srh_c
+            relw_q = RELW + q_row * srw_r + q_col * srw_c
             if R == 1:
-                row_bias = tl.load(RELH + offs_m * srh_n + kr0 * srh_k, mask=m_valid, other=0.0)
+                row_bias = tl.load(relh_q + kr0 * srh_k, mask=m_valid, other=0.0).to(tl.float32)
                 st += row_bias[None, :]
             else:
-                st += tl.load(RELH + offs_m[None, :] * srh_n + kr[:, None] * srh_k, mask=both, other=0.0)
-            st += tl.load(RELW + offs_m[None, :] * srw_n + kc[:, None] * srw_k, mask=both, other=0.0)
+                st += tl.load(relh_q[None, :] + kr[:, None] * srh_k, mask=both, other=0.0).to(tl.float32)
+            st += tl.load(relw_q[None, :] + kc[:, None] * srw_k, mask=both, other=0.0).to(tl.float32)
         if DIST != 0:
-            q_row = offs_m // GW
-            q_col = offs_m % GW
             dist = _distance(kr[:, None] - q_row[None, :], kc[:, None] - q_col[None, :],
                              n[:, None] - offs_m[None, :], DIST)
             st -= slope * dist
@@ -410,11 +438,19 @@ def _heuristics(args) -> dict:
     return {"CB": cb, "R": r}
 
 
+def _even_n(args) -> bool:
+    """Every key tile is full: no key masks (the common case: SAM grids are multiples of 16)."""
+    cb, r = _tile(args["BLOCK_N"], args["GH"], args["GW"])
+    return args["GW"] % cb == 0 and args["GH"] % r == 0
+
+
 _HEUR = {"CB": lambda a: _heuristics(a)["CB"], "R": lambda a: _heuristics(a)["R"]}
+_HEUR_FWD = dict(_HEUR, EVEN_N=_even_n)
 _HEUR_DQ = dict(_HEUR, ROW_ATOMIC=lambda a: triton.cdiv(a["GW"], _heuristics(a)["CB"]) > 1)
 
 # H100-oriented candidates (BLOCK_M, BLOCK_N, num_warps, num_stages); the first is the default.
-_FWD_CONFIGS = [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2)]
+_FWD_CONFIGS = [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2), (128, 128, 8, 3),
+                (64, 128, 4, 3), (128, 32, 4, 3)]
 _DQ_CONFIGS = [(128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 4, 2)]
 _DKDV_CONFIGS = [(32, 128, 4, 3), (64, 64, 4, 2), (64, 128, 8, 2)]
 _KEY = ["NQ", "GH", "GW", "D_PAD", "DV_PAD", "HAS_REL", "DIST"]
@@ -428,7 +464,7 @@ def _autotune_enabled() -> bool:
     return os.environ.get("BASAM_TRITON_AUTOTUNE", "1") != "0"
 
 
-_fwd_fixed = triton.heuristics(_HEUR)(_fwd_kernel)
+_fwd_fixed = triton.heuristics(_HEUR_FWD)(_fwd_kernel)
 _dq_fixed = triton.heuristics(_HEUR_DQ)(_bwd_dq_kernel)
 _dkdv_fixed = triton.heuristics(_HEUR)(_bwd_dkdv_kernel)
 
@@ -495,14 +531,16 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "tf32" if allow else "ieee"
 
 
-def _strides(t: Optional[Tensor], n: int = 4):
+def _strides(t: Optional[Tensor], n: int = 5):
     return tuple(t.stride()) if t is not None else (0,) * n
 
 
 def _forward(q, k, v, rel_h, rel_w, slopes, scale, gh, gw, dist_code, blocks, out_dtype=None):
     B, H, NQ, D = q.shape
     DV = v.shape[-1]
-    o = torch.empty((B, H, NQ, DV), device=q.device, dtype=out_dtype or v.dtype)
+    # O is written in (B, N, H, dv) memory order: the caller's merge of the heads, out.permute(0, 2,
+    # 1, 3).reshape(B, N, H * dv), is then a view instead of a copy of the whole output.
+    o = torch.empty((B, NQ, H, DV), device=q.device, dtype=out_dtype or v.dtype).permute(0, 2, 1, 3)
     lse = torch.empty((B, H, NQ), device=q.device, dtype=torch.float32)
     has_rel = rel_h is not None
     dummy = lse
@@ -565,8 +603,9 @@ def _backward(do, q, k, v, o, lse, rel_h, rel_w, slopes, scale, gh, gw, dist_cod
         return (triton.cdiv(gh, meta["R"]) * triton.cdiv(gw, meta["CB"]), B * H)
 
     _launch("dkdv", args, common, grid_kv, blocks, _DKDV_CONFIGS)
-    d_rel_h = drel_h if need_rel else None
-    d_rel_w = drel_w if need_rel else None
+    # (B, H, NQ, g) contiguous is (B, H, gh, gw, g) contiguous: the tables' logical shape
+    d_rel_h = drel_h.view(B, H, gh, gw, gh).to(rel_h.dtype) if need_rel else None
+    d_rel_w = drel_w.view(B, H, gh, gw, gw).to(rel_w.dtype) if need_rel else None
     d_slopes = dslope.sum(dim=(0, 2)) if need_slope else None
     return dq, dk, dv, d_rel_h, d_rel_w, d_slopes
 
@@ -601,21 +640,32 @@ class _FusedAttention(torch.autograd.Function):
         return dq, dk, dv, drh, drw, dsl, None, None, None, None, None
 
 
-def _rel_tables(q: Tensor, rel_pos, grid, slopes: Optional[Tensor], fold_manhattan: bool):
-    """REL_H (B, H, N, gh) and REL_W (B, H, N, gw), fp32, by differentiable torch ops."""
+def _rel_tables(q: Tensor, rel_pos, grid, dtype: Optional[torch.dtype] = None) -> Tuple[Tensor, Tensor]:
+    """SAM's decomposed relative-position terms per query, by two differentiable matrix products.
+
+    ``REL_H[b, h, r, c, k] = q[b, h, (r, c)] . Rh[r, k]`` and ``REL_W[b, h, r, c, k] = q[b, h, (r, c)] .
+    Rw[c, k]``, both (B, H, gh, gw, g_k) in ``dtype`` (default q's: for inference, 16-bit tables as
+    the official code computes them under autocast; training asks for fp32, see
+    :func:`fused_attention`). The memory layouts are chosen for the kernel's loads, not contiguous:
+    REL_H keeps the queries of a grid row innermost (one key row's term for a block of queries is one
+    contiguous load per tile), REL_W keeps the key columns innermost (the column term is a
+    (queries x key columns) tile loaded once per column chunk). No copy beyond the two permuted
+    views of q the products need.
+    """
     B, H, N, d = q.shape
     gh, gw = grid
     rh, rw = rel_pos
-    qg = q.float().reshape(B, H, gh, gw, d)
-    rel_h = torch.einsum("bhrcd,rkd->bhrck", qg, rh.float())
-    rel_w = torch.einsum("bhrcd,ckd->bhrck", qg, rw.float())
-    if fold_manhattan:
-        s = slopes.float().view(1, H, 1, 1, 1)
-        ar = torch.arange(gh, device=q.device)
-        ac = torch.arange(gw, device=q.device)
-        rel_h = rel_h - s * (ar[:, None] - ar[None, :]).abs().float().view(1, 1, gh, 1, gh)
-        rel_w = rel_w - s * (ac[:, None] - ac[None, :]).abs().float().view(1, 1, 1, gw, gw)
-    return rel_h.reshape(B, H, N, gh), rel_w.reshape(B, H, N, gw)
+    dtype = dtype or q.dtype
+    # One copy of q, grid row outermost: (gh, B, H, gw, d). Both products read it as strided views.
+    q_rc = q.to(dtype).reshape(B, H, gh, gw, d).permute(2, 0, 1, 3, 4).contiguous()
+    # REL_H: per grid row r, Rh[r] (gh_k, d) @ q[r]^T (d, B*H*gw) -> memory (r, k, b, h, c)
+    rel_h = torch.matmul(rh.to(dtype), q_rc.view(gh, B * H * gw, d).transpose(1, 2))
+    rel_h = rel_h.view(gh, gh, B, H, gw).permute(2, 3, 0, 4, 1)
+    # REL_W: per grid column c, q[:, c] (gh*B*H, d) @ Rw[c]^T (d, gw_k) -> memory (c, r, b, h, k)
+    q_c = q_rc.permute(3, 0, 1, 2, 4).reshape(gw, gh * B * H, d)  # a view: (r, b, h) share one stride
+    rel_w = torch.matmul(q_c, rw.to(dtype).transpose(1, 2))
+    rel_w = rel_w.view(gw, gh, B, H, gw).permute(2, 3, 1, 0, 4)
+    return rel_h, rel_w
 
 
 def fused_attention(
@@ -649,10 +699,11 @@ def fused_attention(
     if slopes is not None:
         dist_code = _DIST_CODES[dist]
     if rel_pos is not None:
-        fold = dist_code == _MANHATTAN
-        rel_h, rel_w = _rel_tables(q, rel_pos, (gh, gw), slopes, fold)
-        if fold:
-            dist_code = _NO_DIST
+        # Training keeps the tables in fp32: their gradients (to the relative-position weights and,
+        # through the softmax, to the slopes) are sums of many cancelling terms, and 16-bit tables
+        # put them off by a few percent. Inference uses the input dtype (half the table traffic).
+        training = torch.is_grad_enabled() and (q.requires_grad or any(t.requires_grad for t in rel_pos))
+        rel_h, rel_w = _rel_tables(q, rel_pos, (gh, gw), torch.float32 if training else None)
     kernel_slopes = slopes.float().reshape(H).contiguous() if dist_code != _NO_DIST else None
     with torch.cuda.device(q.device) if q.is_cuda else _nullcontext():
         return _FusedAttention.apply(q, k, v, rel_h, rel_w, kernel_slopes, float(scale), gh, gw, dist_code, blocks)

@@ -83,8 +83,8 @@ class PromptEncoder(nn.Module):
             input_size: (H, W) of the padded encoder input. grid: (h, w) of the image embedding.
         """
         bs = points[0].shape[0] if points is not None else boxes.shape[0] if boxes is not None else masks.shape[0] if masks is not None else 1
-        device = self.no_mask_embed.weight.device
-        sparse = torch.empty((bs, 0, self.embed_dim), device=device)
+        weight = self.no_mask_embed.weight  # the model's device and dtype (a bf16 model stays bf16)
+        sparse = torch.empty((bs, 0, self.embed_dim), device=weight.device, dtype=weight.dtype)
         if points is not None:
             coords, labels = points
             sparse = torch.cat([sparse, self._embed_points(coords, labels, pad=boxes is None, input_size=input_size)], dim=1)
@@ -94,7 +94,7 @@ class PromptEncoder(nn.Module):
             expected = self.mask_input_size(grid)
             if tuple(masks.shape[-2:]) != expected:
                 raise ValueError(f"mask prompt is {tuple(masks.shape[-2:])} but this grid needs {expected}")
-            dense = self.mask_downscaling(masks)
+            dense = self.mask_downscaling(masks.to(weight.dtype))
         else:
             dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(bs, -1, grid[0], grid[1])
         return sparse, dense
@@ -111,10 +111,12 @@ class PositionEmbeddingRandom(nn.Module):
 
     def _pe_encoding(self, coords: Tensor) -> Tensor:
         """Encode points normalised to [0, 1]. (..., 2) -> (..., C)."""
-        coords = 2 * coords - 1
-        coords = coords @ self.positional_encoding_gaussian_matrix
+        # fp32 whatever the model's dtype (sin/cos of large arguments), returned in the model's dtype
+        matrix = self.positional_encoding_gaussian_matrix
+        coords = 2 * coords.float() - 1
+        coords = coords @ matrix.float()
         coords = 2 * math.pi * coords
-        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
+        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1).to(matrix.dtype)
 
     def forward(self, size: Tuple[int, int]) -> Tensor:
         """Encoding of the centres of an (h, w) grid. (C, h, w)."""

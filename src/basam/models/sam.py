@@ -12,6 +12,7 @@ from ..attention import AttentionConfig, set_attention
 from ..errors import InputError
 from .mask_decoder_hq import MaskDecoderHQ, check_fusion
 from .prompt_encoder import PromptEncoder
+from .cuda_graph import graph_cache_of
 from .transformer import Attention as DecoderAttention
 
 
@@ -64,6 +65,10 @@ class Sam(nn.Module):
             if isinstance(m, DecoderAttention):
                 m.train_image_tokens = grid * grid
         self.attention_config = AttentionConfig()
+        #: Replay the image encoder from captured CUDA graphs (inference on CUDA only; one graph per
+        #: input shape, see basam.models.cuda_graph). Removes the per-kernel launch cost that
+        #: dominates at 1024 px; costs the activation memory of each captured shape.
+        self.cuda_graphs = False
 
     @property
     def device(self) -> torch.device:
@@ -78,7 +83,13 @@ class Sam(nn.Module):
     def set_attention(self, config: "AttentionConfig | str", reset_slopes: bool = True, **overrides) -> AttentionConfig:
         """Switch every attention layer to ``config`` (a preset name or an AttentionConfig)."""
         self.attention_config = set_attention(self, config, reset_slopes=reset_slopes, **overrides)
+        graph_cache_of(self).clear()  # captured graphs hold the old scales and bias settings
         return self.attention_config
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .cuda() / .half() replace the parameters a captured graph reads: drop the graphs
+        graph_cache_of(self).clear()
+        return super()._apply(fn, *args, **kwargs)
 
     def set_hq_fusion(self, mode: str) -> None:
         if not self.is_hq:
@@ -103,7 +114,10 @@ class Sam(nn.Module):
 
     def encode(self, x: Tensor) -> ImageFeatures:
         """Encode preprocessed images (B, 3, S, S)."""
-        emb, interm = self.image_encoder(x)
+        if self.cuda_graphs and not self.training:
+            emb, interm = graph_cache_of(self)(self.image_encoder, x)
+        else:
+            emb, interm = self.image_encoder(x)
         return ImageFeatures(emb, interm if self.is_hq else [], (x.shape[-2], x.shape[-1]))
 
     def decode(self, features: ImageFeatures, point_coords: Optional[Tensor] = None, point_labels: Optional[Tensor] = None,
