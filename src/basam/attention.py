@@ -227,6 +227,9 @@ def set_attention(model: nn.Module, config: "AttentionConfig | str", reset_slope
             module.configure(config, reset_slopes=reset_slopes)
         elif hasattr(module, "attention_config") and not isinstance(module, BiasModeMask):
             module.attention_config = config
+        cache = module.__dict__.get("_graph_cache")
+        if cache is not None:  # captured CUDA graphs hold the old scales and bias settings
+            cache.clear()
     return config
 
 
