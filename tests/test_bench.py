@@ -78,3 +78,25 @@ def test_bad_input_one_line(argv, message, capsys, tmp_path, monkeypatch):
 def test_baseline_needs_a_known_official_model(capsys):
     rc = main(["bench", "-q", "--model", "basam_tiny", "--device", "cpu", "--baseline", "official"])
     assert rc == 2 and "no official implementation" in capsys.readouterr().err
+
+
+def test_plot_and_ratios_from_results(tmp_path):
+    """Ratios pair each basam case with the official one of the same size; out-of-memory cases are
+    kept in the table and marked on the plot."""
+    C = bench.BenchCase
+    results = [
+        bench.BenchResult(C("official", "sam_vit_b", "encoder", 1024, "bf16", "vanilla", False), ms=20.0, peak_gib=2.0),
+        bench.BenchResult(C("basam", "sam_vit_b", "encoder", 1024, "bf16", "vanilla", False), ms=5.0, peak_gib=0.5),
+        bench.BenchResult(C("basam", "sam_vit_b", "encoder", 1024, "bf16", "basam", False), ms=5.5, peak_gib=0.5),
+        bench.BenchResult(C("official", "sam_vit_b", "encoder", 4096, "bf16", "vanilla", False), status="oom"),
+        bench.BenchResult(C("basam", "sam_vit_b", "encoder", 4096, "bf16", "basam", False), ms=200.0, peak_gib=1.5),
+    ]
+    bench._add_ratios(results)
+    assert results[1].extra["time_vs_official"] == pytest.approx(0.25)
+    assert results[2].extra["time_vs_vanilla"] == pytest.approx(1.1)
+    assert "time_vs_official" not in results[4].extra  # the official case did not fit
+    table = bench.format_table(results)
+    assert "oom" in table and "0.250" in table
+    path = tmp_path / "p.png"
+    bench.plot_results(results, path)
+    assert path.read_bytes()[:4] == b"\x89PNG"

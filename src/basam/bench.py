@@ -529,6 +529,12 @@ def plot_results(results: Sequence[BenchResult], path: Path) -> None:
         ax.set_title(title)
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
+    for r in results:  # cases that did not fit: marked where their line would have gone on
+        if r.status == "oom":
+            for ax in axes:
+                ax.axvline(r.case.resolution, color="grey", ls=":", lw=1)
+                ax.annotate(f"{r.case.impl} {r.case.model}: out of memory", (r.case.resolution, 0.5),
+                            xycoords=("data", "axes fraction"), rotation=90, fontsize=7, ha="right", va="center")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.08 + 0.03 * math.ceil(len(labels) / 2), 1, 1))
@@ -626,10 +632,13 @@ def run_bench_cli(args) -> int:
     device = torch.device(_resolve_device(args.device))
     cuda = device.type == "cuda"
     dtypes = args.dtype or (["bf16"] if cuda else ["fp32"])
+    args.warmup = args.warmup or (3 if cuda else 1)
+    args.iters = args.iters or (20 if cuda else 3)
+    args.dtype = dtypes
     results = run_bench(
         args.model, args.resolution, dtypes=dtypes, presets=args.attention, parts=args.part,
         compile_modes=_bool_modes(args.compile), graph_modes=_bool_modes(args.cuda_graph), baseline=args.baseline, device=device,
-        warmup=args.warmup or (3 if cuda else 1), iters=args.iters or (20 if cuda else 3), batch=args.batch,
+        warmup=args.warmup, iters=args.iters, batch=args.batch,
         autocast=args.autocast, checkpoint=args.checkpoint, progress=not args.quiet,
     )
     env = environment()
