@@ -180,7 +180,8 @@ def _official_package(model: str):
     except ImportError:
         pip = {"segment_anything": "segment-anything", "mobile_sam": "mobilesam-mirror",
                "segment_anything_hq": "segment-anything-hq"}[pkg_name]
-        raise InputError(f"--baseline official needs the {pkg_name} package for {model} (pip install {pip})") from None
+        raise InputError(f"--baseline official needs the {pkg_name} package for {model} "
+                         f"(pip install {pip}, or pip install 'basam[bench]')") from None
     return pkg, key
 
 
