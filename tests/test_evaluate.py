@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import oracles
@@ -93,7 +94,14 @@ def test_resume_after_interruption_gives_identical_results(tmp_path, ckpt, monke
 
 def test_two_processes_equal_one(tmp_path, ckpt):
     data = _synthetic(tmp_path / "synth", n=5)
-    assert main(_args(data, tmp_path / "one", ckpt)) == 0
+    # Same thread count as the two workers (OMP_NUM_THREADS=1): the CPU convolutions' summation
+    # order, hence the last bits of the masks' logits, depends on it; sharding must not.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(_args(data, tmp_path / "one", ckpt)) == 0
+    finally:
+        torch.set_num_threads(threads)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "basam.evaluate",
            *_args(data, tmp_path / "two", ckpt)[1:]]
