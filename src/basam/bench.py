@@ -239,7 +239,7 @@ def _autocast(device: torch.device, dtype: torch.dtype, enabled: bool):
 
 def _encoder_call(impl: str, sam: nn.Module, x: torch.Tensor, compiled: Optional[Callable]) -> Callable[[], object]:
     # basam: Sam.encode (the path the predictor takes, CUDA graphs included when on)
-    enc = compiled or (sam.encode if impl == "basam" else sam.image_encoder)
+    enc = compiled if compiled is not None else (sam.encode if impl == "basam" else sam.image_encoder)
 
     def call():
         with torch.inference_mode():
