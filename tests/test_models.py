@@ -166,3 +166,33 @@ def test_bf16_model_predicts_like_fp32():
     (m32, s32, r32), (m16, s16, r16) = outs
     assert (m32 == m16).mean() > 0.97 and (r32 == r16).mean() > 0.97
     assert np.abs(s32 - s16).max() < 0.05
+
+
+@pytest.mark.parametrize("dist", ["manhattan", "euclidean", "flat"])
+def test_tinyvit_attention_folds_bmam_into_dense_bias(dist):
+    """TinyViT's window attention adds the BM-AM distance to its own dense bias once per call: same
+    logits as the generic path that builds the distance from grid coordinates, gradients included."""
+    from basam.attention import AttentionConfig, attend, layer_scale
+    from basam.models.tiny_vit import Attention
+
+    torch.manual_seed(0)
+    cfg = AttentionConfig.from_preset("basam", dist=dist, trainable_slopes=True, beta=0.5)
+    attn = Attention(dim=32, key_dim=8, num_heads=4, window_size=5, attention=cfg)
+    attn.bam.configure(cfg)
+    torch.nn.init.normal_(attn.attention_biases)
+    x = torch.randn(3, 25, 32)
+    got = attn(x)
+    # the generic path: slopes and the dense table handed to attend separately
+    B, N, _ = x.shape
+    q, k, v = attn.qkv(attn.norm(x)).view(B, N, attn.num_heads, -1).split([attn.key_dim, attn.key_dim, attn.d], dim=3)
+    q, k, v = (t.permute(0, 2, 1, 3) for t in (q, k, v))
+    scale = layer_scale(attn.key_dim, cfg, window_tokens=N, image_tokens=N, stride=attn.stride, default_train_size=attn.train_size)
+    ref = attend(q, k, v, scale=scale, grid=(5, 5), slopes=attn.bam.slopes, dist=dist,
+                 dense_bias=attn.attention_biases[:, attn.attention_bias_idxs], backend="reference")
+    want = attn.proj(ref.transpose(1, 2).reshape(B, N, -1))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    g1 = torch.autograd.grad(got.square().sum(), [attn.bam.slopes, attn.attention_biases])
+    g2 = torch.autograd.grad(want.square().sum(), [attn.bam.slopes, attn.attention_biases])
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert g1[0].abs().sum() > 0
