@@ -349,3 +349,21 @@ class TestGPU:
 
 if __name__ == "__main__":
     _driver_main(sys.argv[1])
+
+
+def test_tables_fp32_whenever_a_gradient_is_needed(monkeypatch):
+    """16-bit inputs get fp32 relative-position tables as soon as anything upstream trains, including
+    only the slopes (a frozen encoder's first layer: q needs no grad); inference keeps 16-bit tables."""
+    from basam.kernels import triton_attention as T
+
+    seen = []
+    monkeypatch.setattr(T, "_rel_tables", lambda q, rel_pos, grid, dtype=None: seen.append(dtype) or (None, None))
+    monkeypatch.setattr(T._FusedAttention, "apply", staticmethod(lambda q, *a: q))
+    q, k, v = (torch.randn(1, 2, 6, 16, dtype=torch.bfloat16) for _ in range(3))
+    rel = (torch.randn(2, 2, 16), torch.randn(3, 3, 16))
+    slopes = torch.ones(2, requires_grad=True)
+    T.fused_attention(q, k, v, 0.25, rel, (2, 3), slopes, "euclidean")
+    with torch.no_grad():
+        T.fused_attention(q, k, v, 0.25, rel, (2, 3), slopes, "euclidean")
+    T.fused_attention(q, k, v, 0.25, rel, (2, 3), slopes.detach(), "euclidean")
+    assert seen == [torch.float32, None, None]

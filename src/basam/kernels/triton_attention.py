@@ -702,7 +702,8 @@ def fused_attention(
         # Training keeps the tables in fp32: their gradients (to the relative-position weights and,
         # through the softmax, to the slopes) are sums of many cancelling terms, and 16-bit tables
         # put them off by a few percent. Inference uses the input dtype (half the table traffic).
-        training = torch.is_grad_enabled() and (q.requires_grad or any(t.requires_grad for t in rel_pos))
+        # (slopes count too: with a frozen encoder the first layer's q needs no grad, its slopes do)
+        training = _attention._needs_grad(q, rel_pos, slopes, None)
         rel_h, rel_w = _rel_tables(q, rel_pos, (gh, gw), torch.float32 if training else None)
     kernel_slopes = slopes.float().reshape(H).contiguous() if dist_code != _NO_DIST else None
     with torch.cuda.device(q.device) if q.is_cuda else _nullcontext():
