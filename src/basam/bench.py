@@ -335,13 +335,15 @@ def run_case(case: BenchCase, sam: nn.Module, device: torch.device, warmup: int,
 
 
 def _is_oom(exc: BaseException) -> bool:
-    oom = getattr(torch, "OutOfMemoryError", None)
-    return (oom is not None and isinstance(exc, oom)) or isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+    from .cli import _out_of_memory_errors
+
+    return isinstance(exc, _out_of_memory_errors()) or "out of memory" in str(exc).lower()
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:160]}"
+    from .cli import _one_line as one_line
+
+    return f"{type(exc).__name__}: {one_line(exc)[:160]}"
 
 
 def run_bench(

@@ -82,8 +82,8 @@ class Sam(nn.Module):
 
     def set_attention(self, config: "AttentionConfig | str", reset_slopes: bool = True, **overrides) -> AttentionConfig:
         """Switch every attention layer to ``config`` (a preset name or an AttentionConfig)."""
+        # (set_attention also drops this model's captured CUDA graphs: they hold the old settings)
         self.attention_config = set_attention(self, config, reset_slopes=reset_slopes, **overrides)
-        graph_cache_of(self).clear()  # captured graphs hold the old scales and bias settings
         return self.attention_config
 
     def _apply(self, fn, *args, **kwargs):
