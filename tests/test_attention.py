@@ -229,7 +229,7 @@ def test_sdpa_chunks_bound_memory_at_2048(monkeypatch):
             sizes.append(attn_mask.numel() * attn_mask.element_size())
         return real(q, k, v, attn_mask=attn_mask, **kw)
 
-    monkeypatch.setattr(A.F, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
     budget = 64 * 2**20
     model = create_model("sam_vit_b", attention=AttentionConfig.from_preset("basam", chunk_bytes=budget), embed_dim=32, depth=2,
                          num_heads=2, global_attn_indexes=(1,)).eval()

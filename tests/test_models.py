@@ -178,7 +178,7 @@ def test_tinyvit_attention_folds_bmam_into_dense_bias(dist):
     torch.manual_seed(0)
     cfg = AttentionConfig.from_preset("basam", dist=dist, trainable_slopes=True, beta=0.5)
     attn = Attention(dim=32, key_dim=8, num_heads=4, window_size=5, attention=cfg)
-    attn.bam.configure(cfg)
+    attn.bam.configure_attention(cfg)
     torch.nn.init.normal_(attn.attention_biases)
     x = torch.randn(3, 25, 32)
     got = attn(x)

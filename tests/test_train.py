@@ -290,9 +290,14 @@ def test_ddp_two_processes_equal_one_process_with_twice_the_batch(tmp_path, data
         if k in moved:
             rel = ((a[k] - b[k]).norm() / a[k].norm()).item()
             assert rel < 1e-5, (k, rel)
+        elif k.endswith("k_proj.bias"):
+            # The decoder's key biases have an exactly zero gradient (softmax ignores a per-query
+            # constant): their "gradient" is rounding noise, which Adam normalises to steps of up to
+            # lr, so one process and two differ by noise whose size depends on the CPU's summation
+            # order. Nothing to compare but noise; both runs must still keep them finite.
+            assert torch.isfinite(a[k]).all() and torch.isfinite(b[k]).all(), k
         else:
-            # Directions with an exactly zero gradient (attention key biases: softmax ignores a
-            # per-query constant) only see rounding noise, which Adam rescales; they stay put.
+            # Other unmoved directions stay put in both runs.
             assert (a[k].float() - b[k].float()).abs().max() <= 0.1 * one.lr, k
     la = [r["loss"] for r in _log(tmp_path / "one")]
     lb = [r["loss"] for r in _log(tmp_path / "two")]

@@ -34,12 +34,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .errors import InputError
+from .constants import BENCH_DTYPES, BENCH_PARTS
+from .errors import InputError, one_line, out_of_memory_errors
 
-__all__ = ["BenchCase", "BenchResult", "run_bench", "format_table", "plot_results", "add_parser"]
+__all__ = ["BenchCase", "BenchResult", "run_bench", "format_table", "plot_results", "write_json", "environment"]
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-PARTS = ("encoder", "predictor")
+DTYPES = dict(zip(BENCH_DTYPES, (torch.float32, torch.bfloat16, torch.float16)))
+PARTS = BENCH_PARTS
 IMPLS = ("basam", "official")
 
 # registry name -> (official package, its sam_model_registry key)
@@ -197,16 +198,14 @@ def build_official(model: str) -> nn.Module:
 def build_basam(model: str, preset: str, state_dict: Optional[dict] = None, checkpoint: Optional[str] = None) -> nn.Module:
     """basam's model with the ``preset`` attention: from ``checkpoint``, the given official
     ``state_dict``, or randomly initialised."""
-    from .checkpoint import adapt_state_dict, load_weights
-    from .load import load_model
+    from .load import load_model, load_weights_into
     from .models.registry import create_model
 
     if checkpoint is not None:
         return load_model(model, checkpoint=checkpoint, attention=preset, download=False)
     m = create_model(model, attention=preset)
     if state_dict is not None:
-        load_weights(m, adapt_state_dict(state_dict), source="official random weights", model_name=model)
-        m.set_attention(preset, reset_slopes=True)
+        load_weights_into(m, state_dict, model_name=model, label="official random weights")
     return m.eval()
 
 
@@ -335,14 +334,10 @@ def run_case(case: BenchCase, sam: nn.Module, device: torch.device, warmup: int,
 
 
 def _is_oom(exc: BaseException) -> bool:
-    from .cli import _out_of_memory_errors
-
-    return isinstance(exc, _out_of_memory_errors()) or "out of memory" in str(exc).lower()
+    return isinstance(exc, out_of_memory_errors()) or "out of memory" in str(exc).lower()
 
 
 def _one_line(exc: BaseException) -> str:
-    from .cli import _one_line as one_line
-
     return f"{type(exc).__name__}: {one_line(exc)[:160]}"
 
 
@@ -551,105 +546,3 @@ def plot_results(results: Sequence[BenchResult], path: Path) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Command line
-
-
-def _bool_modes(value: str) -> List[bool]:
-    modes = {"off": [False], "on": [True], "both": [False, True]}
-    if value not in modes:
-        raise InputError(f"takes off, on or both, got {value!r}")
-    return modes[value]
-
-
-def add_parser(subparsers):
-    import argparse
-
-    p = subparsers.add_parser(
-        "bench",
-        help="parameters, speed and peak memory of the encoder / predictor, optionally against the official code",
-        description="Measure parameters, time per image and peak memory of the image encoder and of the whole\n"
-                    "predictor (encode + one point prompt) at the given resolutions, dtypes and attention presets.\n"
-                    "--baseline official runs the official implementation on the same random weights in the same run.",
-        epilog="examples:\n"
-               "  basam bench --model sam_vit_b --resolution 1024 2048 --dtype bf16 --baseline official\n"
-               "  basam bench --model mobile_sam --resolution 1024 --device cpu --baseline official --iters 3\n"
-               "  basam bench --model sam_vit_b --part encoder predictor --compile both --json bench.json --plot bench.png",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    from .cli import parse_device, parse_resolution
-
-    p.add_argument("--model", nargs="+", default=["sam_vit_b"], metavar="NAME", help="registry names (default: sam_vit_b)")
-    p.add_argument("--resolution", nargs="+", type=parse_resolution, default=[1024], metavar="PX", help="longest sides (default 1024)")
-    p.add_argument("--dtype", nargs="+", choices=list(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on the CPU")
-    p.add_argument("--attention", nargs="+", choices=["vanilla", "nsf", "basam"], default=["vanilla", "basam"],
-                   help="attention presets for basam (default: vanilla basam)")
-    p.add_argument("--part", nargs="+", choices=list(PARTS), default=["encoder"], help="what to time (default: encoder)")
-    p.add_argument("--compile", default="off", choices=["off", "on", "both"], help="torch.compile the encoder (default off)")
-    p.add_argument("--cuda-graph", default="off", choices=["off", "on", "both"],
-                   help="replay basam's encoder from a captured CUDA graph (default off)")
-    p.add_argument("--baseline", choices=["official"], default=None, help="also run the official implementation")
-    p.add_argument("--autocast", action="store_true", help="keep fp32 weights and run under autocast (default: cast the weights)")
-    p.add_argument("--checkpoint", metavar="PATH", default=None, help="basam weights to load (default: random weights)")
-    p.add_argument("--batch", type=int, default=1, help="images per encoder call (default 1)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 3 on CUDA, 1 on CPU)")
-    p.add_argument("--iters", type=int, default=None, help="timed calls; the median is reported (default 20 on CUDA, 3 on CPU)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--device", type=parse_device, default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--json", metavar="PATH", default=None, help="write every figure and the environment here")
-    p.add_argument("--plot", metavar="PATH", default=None, help="plot time and memory against resolution (.png/.svg/.pdf)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_bench_cli)
-    return p
-
-
-def _check_out(path: Optional[str], suffixes: Tuple[str, ...], flag: str) -> Optional[Path]:
-    if path is None:
-        return None
-    p = Path(path)
-    if p.suffix.lower() not in suffixes:
-        raise InputError(f"{flag} must end in {' or '.join(suffixes)}, got {path!r}")
-    if not p.parent.is_dir():
-        raise InputError(f"{flag}: folder {str(p.parent)!r} does not exist")
-    if p.is_dir():
-        raise InputError(f"{flag}: {path!r} is a folder")
-    return p
-
-
-def run_bench_cli(args) -> int:
-    from .cli import _resolve_device
-    from .models.registry import get_spec
-
-    for m in args.model:
-        get_spec(m)
-    json_path = _check_out(args.json, (".json",), "--json")
-    plot_path = _check_out(args.plot, (".png", ".svg", ".pdf"), "--plot")
-    if args.batch < 1:
-        raise InputError(f"--batch must be at least 1, got {args.batch}")
-    if args.iters is not None and args.iters < 1:
-        raise InputError(f"--iters must be at least 1, got {args.iters}")
-    if args.warmup is not None and args.warmup < 1:
-        raise InputError(f"--warmup must be at least 1, got {args.warmup}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    device = torch.device(_resolve_device(args.device))
-    cuda = device.type == "cuda"
-    dtypes = args.dtype or (["bf16"] if cuda else ["fp32"])
-    args.warmup = args.warmup or (3 if cuda else 1)
-    args.iters = args.iters or (20 if cuda else 3)
-    args.dtype = dtypes
-    results = run_bench(
-        args.model, args.resolution, dtypes=dtypes, presets=args.attention, parts=args.part,
-        compile_modes=_bool_modes(args.compile), graph_modes=_bool_modes(args.cuda_graph), baseline=args.baseline, device=device,
-        warmup=args.warmup, iters=args.iters, batch=args.batch,
-        autocast=args.autocast, checkpoint=args.checkpoint, progress=not args.quiet,
-    )
-    env = environment()
-    print(f"device {device}  " + "  ".join(f"{k} {v}" for k, v in env.items()))
-    print(format_table(results))
-    meta = {k: (v if not isinstance(v, Path) else str(v)) for k, v in vars(args).items() if k != "func"}
-    if json_path is not None:
-        write_json(json_path, results, meta)
-    if plot_path is not None:
-        plot_results(results, plot_path)
-    return 0

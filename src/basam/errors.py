@@ -15,3 +15,20 @@ class InputError(BasamError, ValueError):
 
 class CheckpointError(BasamError):
     """A checkpoint that cannot be used: missing, truncated, of another model, or not downloadable."""
+
+
+def one_line(text: object) -> str:
+    """A message on one line (user-facing error messages are one line by contract; make sure of it)."""
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def out_of_memory_errors() -> tuple:
+    """The exception types that mean "out of memory" (torch's only if torch is already imported)."""
+    import sys
+
+    errors: list = [MemoryError]
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    if isinstance(oom, type):
+        errors.append(oom)
+    return tuple(errors)

@@ -21,7 +21,6 @@ More than one process: ``torchrun --nproc_per_node K -m basam.evaluate ...`` sha
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -35,6 +34,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .distributed import Dist, init_distributed
 from .errors import BasamError, CheckpointError, InputError
+from .metrics import evaluate_image
 
 METRIC_COLUMNS = ("mae", "s_measure", "e_measure_mean", "e_measure_max", "weighted_f", "f_measure_mean", "f_measure_max",
                   "iou", "dice", "boundary_iou")
@@ -83,14 +83,6 @@ def attention_variant(spec: str, base=None):
         raise InputError(f"unknown distance {dist!r} in attention variant {spec!r}; choose one of {', '.join(DISTANCES)}")
     config = replace(base or AttentionConfig(), **PRESETS[preset])
     return replace(config, dist=dist) if dist else config
-
-
-def parse_attention_variant(value: str) -> str:
-    try:
-        attention_variant(value)
-    except InputError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,21 +147,6 @@ def _pick_multimask(setting: str, prompt_kind: str) -> bool:
         return False
     # auto: SAM's convention: several candidates only for an ambiguous single point.
     return prompt_kind in ("point", "center")
-
-
-def evaluate_image(predictor, image, gt, prompt, multimask: bool, hq_token_only) -> Tuple[dict, float]:
-    """Encode ``image`` at the predictor's resolution, predict, score. Returns (metrics, best IoU pred)."""
-    import numpy as np
-
-    from .metrics import image_metrics
-
-    predictor.set_image(image)
-    logits, scores, _ = predictor.predict(point_coords=prompt.point_coords, point_labels=prompt.point_labels, box=prompt.box,
-                                          multimask_output=multimask, return_logits=True, hq_token_only=hq_token_only)
-    best = int(np.argmax(scores))
-    prob = 1.0 / (1.0 + np.exp(-np.clip(logits[best].astype(np.float64), -60, 60)))
-    metrics = image_metrics(prob, gt)
-    return metrics, float(scores[best])
 
 
 def _jsonable(metrics: dict) -> dict:
@@ -408,86 +385,7 @@ def write_reports(out: Path, settings: EvalSettings, datasets) -> dict:
     return summary
 
 
-# ----------------------------------------------------------------------------------------------
-# Command line (``basam evaluate`` and ``python -m basam.evaluate`` / torchrun)
+if __name__ == "__main__":  # python -m basam.evaluate / torchrun -m basam.evaluate
+    from .cli import main as _cli_main
 
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    from .cli import ATTENTION_DISTANCES, ATTENTION_PRESETS, DEFAULT_MODEL, parse_architecture, parse_beta, parse_device, parse_resolution
-
-    p = subparsers.add_parser(
-        "evaluate",
-        help="evaluate a model across resolutions and attention presets on benchmark datasets",
-        description=__doc__.split("\n\n")[1],
-        epilog=("examples:\n"
-                "  basam evaluate --data DUTS-TE/ --model sam_vit_b --checkpoint sam_vit_b_01ec64.pth \\\n"
-                "      --resolutions 1024 1536 2048 --attention vanilla nsf basam --prompt point --out runs/duts\n"
-                "  torchrun --standalone --nproc_per_node 4 -m basam.evaluate --data DIS5K/:dis5k ... --out runs/dis"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--data", metavar="PATH[:LAYOUT]", action="append", required=True,
-                   help="dataset folder, layout detected or named: duts, dis5k, cod10k, isic, generic (repeatable)")
-    p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help="registry name (default: %(default)s)")
-    p.add_argument("--checkpoint", metavar="PATH", help="weights file; default: the official download")
-    p.add_argument("--resolutions", metavar="R", type=parse_resolution, nargs="+", default=[1024],
-                   help="working resolutions; Δdiff is reported against the first (default: 1024)")
-    p.add_argument("--attention", metavar="PRESET[:DIST]", type=parse_attention_variant, nargs="+", default=["vanilla", "nsf", "basam"],
-                   help="attention variants to compare: vanilla, nsf, basam, or basam:euclidean style to pick the BM-AM "
-                        "distance per variant (default: vanilla nsf basam)")
-    p.add_argument("--prompt", choices=("point", "center", "box", "box+point"), default="point",
-                   help="point: one seeded random foreground pixel (the paper's); center: the interior point farthest "
-                        "from the boundary; box: the ground-truth box; box+point (default: %(default)s)")
-    p.add_argument("--multimask", choices=("auto", "on", "off"), default="auto",
-                   help="ask for 3 candidates and keep the one with the best predicted IoU; auto = for point prompts")
-    p.add_argument("--beta", type=parse_beta, default=None, help="BA-SAM slope scale (default 1.0)")
-    p.add_argument("--dist", choices=ATTENTION_DISTANCES, default=None, help="BA-SAM distance (default manhattan)")
-    p.add_argument("--nsf-count", choices=("row", "image"), default=None, help="how NSF counts N (default row)")
-    p.add_argument("--decoder-nsf", action="store_true", help="also apply NSF to the decoder's cross-attention")
-    p.add_argument("--hq-token-only", action="store_true", default=None, help="HQ-SAM: the HQ token's mask alone")
-    p.add_argument("--hq-fusion", choices=("independent", "add", "product"), default=None,
-                   help="HQ-SAM: how the HQ token's mask is used (default: what the checkpoint records, else add)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random point prompts (default 0)")
-    p.add_argument("--max-images", type=int, default=None, metavar="N", help="first N images of each dataset")
-    p.add_argument("--device", type=parse_device, default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--architecture", type=parse_architecture, default=None, help="(testing) override the architecture")
-    p.add_argument("--out", metavar="DIR", required=True, help="output folder; rerun with the same folder to resume")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_cli)
-    return p
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    from .cli import _resolve_device
-
-    if args.max_images is not None and args.max_images <= 0:
-        raise InputError(f"--max-images must be positive, got {args.max_images}")
-    settings = EvalSettings(
-        data=list(args.data), model=args.model, checkpoint=args.checkpoint, resolutions=list(dict.fromkeys(args.resolutions)),
-        attention=list(dict.fromkeys(args.attention)), prompt=args.prompt, beta=args.beta, dist=args.dist, nsf_count=args.nsf_count,
-        decoder_nsf=args.decoder_nsf, multimask=args.multimask, hq_token_only=args.hq_token_only, hq_fusion=args.hq_fusion, seed=args.seed,
-        max_images=args.max_images, architecture=args.architecture,
-    )
-    device = _resolve_device(args.device)
-    dist = init_distributed(device)
-    if dist.world > 1 and device.startswith("cuda"):
-        device = f"cuda:{dist.local_rank}"
-    t0 = time.time()
-    try:
-        summary = run(settings, Path(args.out), device=device, progress=not args.quiet, dist=dist)
-    finally:
-        dist.close()
-    if summary is not None:
-        print((Path(args.out) / "summary.md").read_text())
-        print(f"wrote {args.out}/summary.md, summary.csv, summary.json, per_image.csv and plots in {time.time() - t0:.1f} s")
-    return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m basam.evaluate`` / ``torchrun -m basam.evaluate``: same options as ``basam evaluate``."""
-    from .cli import main as cli_main
-
-    return cli_main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_cli_main(["evaluate", *sys.argv[1:]]))

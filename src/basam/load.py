@@ -6,9 +6,10 @@ import json
 import os
 from dataclasses import fields
 from pathlib import Path
-from typing import Optional, Union
+from typing import Mapping, Optional, Union
 
 import torch
+from torch import Tensor
 
 from .attention import AttentionConfig
 from .checkpoint import load_weights, read_metadata, read_state_dict
@@ -93,15 +94,45 @@ def load_model(
         spec = shrink(spec, **dict(architecture))
     config = AttentionConfig.coerce(attention, **attention_overrides)
     model = build_sam(spec, config, hq_fusion=hq_fusion or "add")
-    sd = read_state_dict(path)
-    load_weights(model, sd, source=f"checkpoint {path}", model_name=name)
-    if not (recorded_attention is not None and recorded_attention.trainable_slopes):
-        # Slopes in the file were never trained (an official file has none): the requested beta rules.
-        model.set_attention(config, reset_slopes=True)
+    load_weights_into(model, path, model_name=name, meta=meta)
     model.eval()
     if device is not None:
         model.to(device)
     return model
+
+
+def load_weights_into(model: Sam, source: "PathLike | Mapping[str, Tensor]", *, model_name: Optional[str] = None,
+                      meta: Optional[dict] = None, label: Optional[str] = None) -> dict:
+    """Put weights into a built model: the one rule every loader follows.
+
+    Reads ``source`` (a path: official ``.pth`` via ``torch.load(weights_only=True)`` or a basam
+    ``.safetensors``; or a state dict already in memory), adapts its keys to basam's names, loads it
+    strictly (a mismatch names the missing, unexpected and mis-shaped keys), and then, unless the
+    file records *trained* slopes, resets the BA-SAM slopes to the beta of the model's current
+    attention config (an official file has no slopes; untrained ones follow the requested beta).
+
+    The recorded attention config, architecture and HQ fusion a basam file carries are in the
+    returned metadata (``recorded_attention(meta)``); :func:`load_model` reads them *before* building
+    the model, since they decide its shape and attention. Returns the file's metadata ({} for a
+    state dict or an official file).
+    """
+    if isinstance(source, Mapping):
+        sd, meta, where = source, (meta or {}), label or "state dict"
+    else:
+        path = Path(source)
+        where = label or f"checkpoint {path}"
+        meta = read_metadata(path) if meta is None else meta
+        sd = read_state_dict(path)
+    load_weights(model, sd, source=where, model_name=model_name)
+    recorded = recorded_attention(meta)
+    if not (recorded is not None and recorded.trainable_slopes):
+        model.set_attention(model.attention_config, reset_slopes=True)
+    return meta
+
+
+def recorded_attention(meta: dict) -> Optional[AttentionConfig]:
+    """The AttentionConfig a basam safetensors file records in its metadata, if any."""
+    return _recorded_attention(meta)
 
 
 def _recorded_attention(meta: dict) -> Optional[AttentionConfig]:

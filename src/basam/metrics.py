@@ -309,3 +309,14 @@ def summarize(records: Sequence[dict]) -> dict:
     for name, (key, reduce) in _CURVE_METRICS.items():
         out[name] = float(reduce(mean_curves[key]))
     return {"n": out["n"], **{name: out[name] for name in METRICS}}
+
+
+def evaluate_image(predictor, image, gt, prompt, multimask: bool, hq_token_only) -> "tuple[dict, float]":
+    """Encode ``image`` at the predictor's resolution, predict, score. Returns (metrics, best IoU pred)."""
+    predictor.set_image(image)
+    logits, scores, _ = predictor.predict(point_coords=prompt.point_coords, point_labels=prompt.point_labels, box=prompt.box,
+                                          multimask_output=multimask, return_logits=True, hq_token_only=hq_token_only)
+    best = int(np.argmax(scores))
+    prob = 1.0 / (1.0 + np.exp(-np.clip(logits[best].astype(np.float64), -60, 60)))
+    metrics = image_metrics(prob, gt)
+    return metrics, float(scores[best])

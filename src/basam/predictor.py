@@ -8,11 +8,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .constants import MIN_RESOLUTION
 from .errors import InputError
 from .models.sam import ImageFeatures, Sam
 from .transforms import ResizeLongestSide
-
-MIN_RESOLUTION = 64
 
 
 def check_resolution(resolution: object) -> int:
@@ -22,6 +21,43 @@ def check_resolution(resolution: object) -> int:
     if resolution < MIN_RESOLUTION:
         raise InputError(f"resolution must be at least {MIN_RESOLUTION} px, got {resolution}")
     return int(resolution)
+
+
+def check_prompts(point_coords, point_labels, box, width: int, height: int) -> None:
+    """Raise a one-line :class:`InputError` unless the prompts fit a ``width`` x ``height`` image.
+
+    Points: (N, 2) finite, ``0 <= x <= W``, ``0 <= y <= H``, with one 0/1 label each. Box: x0, y0,
+    x1, y1 finite, inside the image, with a positive area (a zero-area box prompts nothing).
+    The one rule for the numpy ``predict`` and the command line.
+    """
+    W, H = width, height
+    if point_coords is not None:
+        pts = np.asarray(point_coords, dtype=float)
+        if pts.ndim != 2 or pts.shape[1] != 2:
+            raise InputError(f"point_coords must be Nx2, got shape {pts.shape}")
+        if point_labels is None:
+            raise InputError("point_labels must be given with point_coords")
+        labels = np.asarray(point_labels)
+        if labels.shape != (pts.shape[0],):
+            raise InputError(f"point_labels must have one label per point ({pts.shape[0]}), got shape {labels.shape}")
+        if not np.all(np.isin(labels, (0, 1))):
+            raise InputError("point labels must be 1 (foreground) or 0 (background)")
+        for x, y in pts:
+            if not (np.isfinite(x) and np.isfinite(y)) or not (0 <= x <= W and 0 <= y <= H):
+                raise InputError(f"point ({x:g}, {y:g}) is outside the {W}x{H} image")
+    if box is not None:
+        b = np.asarray(box, dtype=float)
+        if b.size != 4:
+            raise InputError(f"box must have 4 numbers x0,y0,x1,y1, got shape {b.shape}")
+        x0, y0, x1, y1 = b.reshape(4)
+        if not np.all(np.isfinite(b)):
+            raise InputError("box coordinates must be finite")
+        if x1 < x0 or y1 < y0:
+            raise InputError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) has x1 < x0 or y1 < y0")
+        if x1 == x0 or y1 == y0:
+            raise InputError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) has zero area (x1 == x0 or y1 == y0)")
+        if x0 < 0 or y0 < 0 or x1 > W or y1 > H:
+            raise InputError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is outside the {W}x{H} image")
 
 
 class Predictor:
@@ -69,9 +105,17 @@ class Predictor:
         self.input_size = tuple(transformed_image.shape[-2:])
         x = self.model.preprocess(transformed_image.to(self.model.pixel_mean.dtype), self.resolution)
         self._features = self.model.encode(x)
-        self.features = self._features.embeddings
-        self.interm_features = self._features.interm
         self.is_image_set = True
+
+    @property
+    def features(self) -> Optional[torch.Tensor]:
+        """The image embedding (1, C, h, w), as ``SamPredictor.features``; None before ``set_image``."""
+        return None if self._features is None else self._features.embeddings
+
+    @property
+    def interm_features(self):
+        """HQ-SAM's early ViT features (as ``SamPredictor.interm_features``), else None."""
+        return None if self._features is None else self._features.interm
 
     def get_image_embedding(self) -> torch.Tensor:
         """The image embedding (1, C, h, w) of the current image."""
@@ -81,8 +125,6 @@ class Predictor:
     def reset_image(self) -> None:
         self.is_image_set = False
         self._features: Optional[ImageFeatures] = None
-        self.features = None
-        self.interm_features = None
         self.original_size = None
         self.input_size = None
 
@@ -97,34 +139,6 @@ class Predictor:
         return self.model.prompt_encoder.mask_input_size(self._features.grid)
 
     # --- prompts ------------------------------------------------------------------------------
-
-    def _check_prompts(self, point_coords, point_labels, box) -> None:
-        H, W = self.original_size
-        if point_coords is not None:
-            pts = np.asarray(point_coords, dtype=float)
-            if pts.ndim != 2 or pts.shape[1] != 2:
-                raise InputError(f"point_coords must be Nx2, got shape {pts.shape}")
-            if point_labels is None:
-                raise InputError("point_labels must be given with point_coords")
-            labels = np.asarray(point_labels)
-            if labels.shape != (pts.shape[0],):
-                raise InputError(f"point_labels must have one label per point ({pts.shape[0]}), got shape {labels.shape}")
-            if not np.all(np.isin(labels, (0, 1))):
-                raise InputError("point labels must be 1 (foreground) or 0 (background)")
-            for x, y in pts:
-                if not (np.isfinite(x) and np.isfinite(y)) or not (0 <= x <= W and 0 <= y <= H):
-                    raise InputError(f"point ({x:g}, {y:g}) is outside the {W}x{H} image")
-        if box is not None:
-            b = np.asarray(box, dtype=float)
-            if b.size != 4:
-                raise InputError(f"box must have 4 numbers x0,y0,x1,y1, got shape {b.shape}")
-            x0, y0, x1, y1 = b.reshape(4)
-            if not np.all(np.isfinite(b)):
-                raise InputError("box coordinates must be finite")
-            if x1 < x0 or y1 < y0:
-                raise InputError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) has x1 < x0 or y1 < y0")
-            if x0 < 0 or y0 < 0 or x1 > W or y1 > H:
-                raise InputError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is outside the {W}x{H} image")
 
     def predict(
         self,
@@ -149,7 +163,7 @@ class Predictor:
         self._require_image()
         if point_coords is None and box is None and mask_input is None:
             raise InputError("no prompt given: pass at least one point, a box or a mask")
-        self._check_prompts(point_coords, point_labels, box)
+        check_prompts(point_coords, point_labels, box, self.original_size[1], self.original_size[0])
         coords_t = labels_t = box_t = mask_t = None
         if point_coords is not None:
             coords = self.transform.apply_coords(np.asarray(point_coords, dtype=float), self.original_size)
@@ -164,6 +178,8 @@ class Predictor:
                 mask_t = mask_t[None]
             if mask_t.ndim != 3 or mask_t.shape[0] != 1:
                 raise InputError(f"mask_input must be 1xHxW low-resolution logits, got shape {tuple(mask_t.shape)}")
+            if not bool(torch.isfinite(mask_t).all()):
+                raise InputError("mask_input holds NaN or infinite values; pass the low-res logits of an earlier predict")
             mask_t = mask_t[None]
         masks, iou, low_res = self.predict_torch(coords_t, labels_t, box_t, mask_t, multimask_output, return_logits, hq_token_only)
         return masks[0].cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()

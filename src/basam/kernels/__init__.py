@@ -1,8 +1,8 @@
 """Optional fused GPU kernels for :func:`basam.attention.attend`.
 
 Importing this package is free: it imports neither triton nor the kernels. Call
-:func:`maybe_register` to register the fused Triton backend (``"triton"``) with
-:mod:`basam.attention`; it is idempotent, cheap after the first call, and never raises (a missing
+:func:`maybe_register` to load the fused Triton backend (``"triton"``), which
+:mod:`basam.attention` then registers from :func:`fused_backends`; it is idempotent, cheap after the first call, and never raises (a missing
 or broken triton simply leaves the ``sdpa`` backend in charge).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["maybe_register", "triton_available"]
+__all__ = ["maybe_register", "fused_backends"]
 
 _state = {"registered": False, "failed": False, "error": None}
 
@@ -18,15 +18,6 @@ _state = {"registered": False, "failed": False, "error": None}
 def _interpreter_requested() -> bool:
     """The tests' CPU mode: Triton's interpreter, explicitly enabled for basam."""
     return os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("BASAM_TRITON_ON_CPU") == "1"
-
-
-def triton_available() -> bool:
-    """Whether triton imports (imports it: not free)."""
-    try:
-        import triton  # noqa: F401
-    except Exception:
-        return False
-    return True
 
 
 def maybe_register() -> bool:
@@ -45,12 +36,19 @@ def maybe_register() -> bool:
 
         if not (_interpreter_requested() or torch.cuda.is_available()):
             return False
-        from . import triton_attention
-
-        triton_attention.register()
+        from . import triton_attention  # noqa: F401 - compiles nothing yet; fails here if triton is broken
     except Exception as exc:  # triton absent, too old, or broken: stay on sdpa
         _state["failed"] = True
         _state["error"] = repr(exc)
         return False
     _state["registered"] = True
     return True
+
+
+def fused_backends() -> list:
+    """``(name, fn, supports)`` of every fused backend :func:`maybe_register` loaded (fastest first)."""
+    if not _state["registered"]:
+        return []
+    from . import triton_attention
+
+    return [triton_attention.BACKEND]

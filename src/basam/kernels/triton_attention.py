@@ -49,7 +49,7 @@ from torch import Tensor
 import triton
 import triton.language as tl
 
-from .. import attention as _attention
+from .. import attention_backends as _backends  # the computation only: no dispatcher, no circle
 
 __all__ = ["triton_attend", "fused_attention", "supports", "register"]
 
@@ -703,7 +703,7 @@ def fused_attention(
         # through the softmax, to the slopes) are sums of many cancelling terms, and 16-bit tables
         # put them off by a few percent. Inference uses the input dtype (half the table traffic).
         # (slopes count too: with a frozen encoder the first layer's q needs no grad, its slopes do)
-        training = _attention._needs_grad(q, rel_pos, slopes, None)
+        training = _backends.needs_grad(q, rel_pos, slopes, None)
         rel_h, rel_w = _rel_tables(q, rel_pos, (gh, gw), torch.float32 if training else None)
     kernel_slopes = slopes.float().reshape(H).contiguous() if dist_code != _NO_DIST else None
     with torch.cuda.device(q.device) if q.is_cuda else _nullcontext():
@@ -760,10 +760,10 @@ def triton_attend(q, k, v, scale, rel_pos, grid, slopes, dist, dense_bias, chunk
         and (rel_pos is None or _rel_shapes_ok(rel_pos, grid, q.shape[-1]))
     )
     if not ok:
-        return _attention._attend_sdpa(q, k, v, scale, rel_pos, grid, slopes, dist, dense_bias, chunk_bytes)
+        return _backends.attend_sdpa(q, k, v, scale, rel_pos, grid, slopes, dist, dense_bias, chunk_bytes)
     return fused_attention(q, k, v, scale, rel_pos, grid, slopes, dist)
 
 
-def register() -> None:
-    """Register as ``backend="triton"`` and make ``auto`` prefer it where :func:`supports` says so."""
-    _attention.register_backend("triton", triton_attend, supports=supports, prefer=True)
+BACKEND = ("triton", triton_attend, supports)
+"""What :mod:`basam.attention` registers: ``backend="triton"``, preferred by ``auto`` where
+:func:`supports` accepts the inputs."""

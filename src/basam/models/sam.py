@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attention import AttentionConfig, set_attention
+from ..attention import AttentionConfig, ConfiguresAttention, set_attention
 from ..errors import InputError
 from .mask_decoder_hq import MaskDecoderHQ, check_fusion
 from .prompt_encoder import PromptEncoder
@@ -39,7 +39,7 @@ class ImageFeatures:
         return ImageFeatures(self.embeddings[index : index + 1], [t[index : index + 1] for t in self.interm], self.input_size)
 
 
-class Sam(nn.Module):
+class Sam(ConfiguresAttention, nn.Module):
     """SAM, MobileSAM or HQ-SAM, depending on the encoder and decoder it is built with.
 
     ``img_size`` is the pretraining input size (1024 for every official model); it sets N_train for
@@ -82,9 +82,11 @@ class Sam(nn.Module):
 
     def set_attention(self, config: "AttentionConfig | str", reset_slopes: bool = True, **overrides) -> AttentionConfig:
         """Switch every attention layer to ``config`` (a preset name or an AttentionConfig)."""
-        # (set_attention also drops this model's captured CUDA graphs: they hold the old settings)
-        self.attention_config = set_attention(self, config, reset_slopes=reset_slopes, **overrides)
-        return self.attention_config
+        return set_attention(self, config, reset_slopes=reset_slopes, **overrides)
+
+    def configure_attention(self, config: AttentionConfig, reset_slopes: bool = True) -> None:
+        self.attention_config = config
+        graph_cache_of(self).clear()  # captured CUDA graphs hold the old scales and bias settings
 
     def _apply(self, fn, *args, **kwargs):
         # .to() / .cuda() / .half() replace the parameters a captured graph reads: drop the graphs

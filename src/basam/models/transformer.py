@@ -5,7 +5,7 @@ from typing import Optional, Tuple, Type
 
 from torch import Tensor, nn
 
-from ..attention import AttentionConfig, attend, nsf_scale
+from ..attention import AttentionConfig, ConfiguresAttention, attend, nsf_scale
 from .common import MLPBlock
 
 
@@ -73,7 +73,7 @@ class TwoWayAttentionBlock(nn.Module):
         return queries, keys
 
 
-class Attention(nn.Module):
+class Attention(ConfiguresAttention, nn.Module):
     """Attention with an optional down-projection of the channels. q (B, Nq, C), k/v (B, Nk, C).
 
     ``keys_are_image``: the keys are the image tokens, whose number grows with the resolution;
@@ -94,6 +94,9 @@ class Attention(nn.Module):
         self.keys_are_image = keys_are_image
         self.attention_config = AttentionConfig()
         self.train_image_tokens: Optional[int] = None  # set by the model: h*w at pretraining size
+
+    def configure_attention(self, config: AttentionConfig, reset_slopes: bool = True) -> None:
+        self.attention_config = config  # read per call: NSF on the cross-attention if config.decoder_nsf
 
     def _separate_heads(self, x: Tensor) -> Tensor:
         b, n, c = x.shape

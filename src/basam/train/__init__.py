@@ -30,23 +30,9 @@ attention=..., architecture=..., hq_fusion=...)``.
 
 from __future__ import annotations
 
-import argparse
-import sys
-from typing import Optional, Sequence
-
 from .config import TrainConfig, config_from_args, resolve_config
 
-__all__ = ["TrainConfig", "add_parser", "load_trained", "main", "resolve_config", "run", "run_cli"]
-
-
-EXAMPLES = """examples:
-  basam train --data DUTS-TR/ --data DIS5K/:dis5k@2 --val-data DUTS-TE/ --model sam_vit_b \\
-      --checkpoint sam_vit_b_01ec64.pth --attention basam --beta 0.1 --train slopes --resolution 1024 \\
-      --steps 2000 --batch-size 4 --lr 1e-3 --out runs/slopes
-  basam train --config my.yaml --lr 3e-4                 # YAML keys = flags; flags win
-  basam train --recipe example --data DUTS-TR/ --out runs/example
-  torchrun --standalone --nproc_per_node 4 -m basam.train --config my.yaml   # DDP
-  basam train --config my.yaml --resume                  # continue OUT/checkpoints/latest exactly"""
+__all__ = ["TrainConfig", "load_trained", "resolve_config", "run"]
 
 
 def load_trained(path, device=None, **overrides):
@@ -61,37 +47,3 @@ def run(cfg: TrainConfig) -> dict:
     from .trainer import run as _run
 
     return _run(cfg)
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    from .config import add_options
-
-    p = subparsers.add_parser(
-        "train",
-        help="fine-tune or train a model (BA-SAM slopes, decoder, HQ modules or everything)",
-        description="Train a SAM-family model on image/mask datasets. Every option is also a YAML key\n"
-                    "(--config FILE, --recipe NAME); flags override the YAML. Under torchrun: DDP.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_options(p)
-    p.set_defaults(func=run_cli)
-    return p
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    summary = run(cfg)
-    if summary:
-        val = summary.get("val") or {}
-        vtxt = "  ".join(f"{name}: IoU {s['iou']:.4f} MAE {s['mae']:.4f}" for name, s in val.items())
-        print(f"trained to step {summary['step']} ({summary['trainable_params']} trainable parameters) in "
-              f"{summary['seconds']:.1f} s; checkpoint {summary['checkpoint']}" + (f"; validation {vtxt}" if vtxt else ""), flush=True)
-    return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m basam.train`` / ``torchrun -m basam.train``: the options of ``basam train``."""
-    from ..cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])

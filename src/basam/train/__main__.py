@@ -2,7 +2,7 @@
 
 import sys
 
-from basam.train import main
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from basam.cli import main  # the command line owns argument parsing; the library never imports it
+
+    sys.exit(main(["train", *sys.argv[1:]]))

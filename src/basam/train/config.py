@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from ..attention_config import DISTANCES, PRESETS
+from ..constants import HQ_FUSIONS
 from ..errors import InputError
 
 __all__ = [
@@ -32,10 +34,9 @@ __all__ = [
     "parse_prompt",
 ]
 
-ATTENTION_PRESETS = ("vanilla", "nsf", "basam")
-ATTENTION_DISTANCES = ("manhattan", "euclidean", "flat")
+ATTENTION_PRESETS = tuple(PRESETS)
+ATTENTION_DISTANCES = DISTANCES
 POLICY_PARTS = ("slopes", "decoder", "hq", "full")
-HQ_FUSIONS = ("independent", "add", "product")
 PROMPT_HELP = "point (one random foreground pixel, default), box, points:K (K random foreground pixels) or mixed"
 
 

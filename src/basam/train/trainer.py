@@ -226,7 +226,7 @@ def validate(sam: nn.Module, val_sets: Sequence, *, resolution: int, seed: int, 
     """Point-prompt validation (basam.data.prompts' seeded point, multimask picked by predicted IoU),
     images sharded over ranks; returns ``{dataset: summarize(...)}`` on every rank."""
     from ..data.prompts import make_prompt
-    from ..evaluate import evaluate_image
+    from ..metrics import evaluate_image
     from ..metrics import summarize
     from ..predictor import Predictor
 
@@ -353,10 +353,8 @@ def run(cfg: TrainConfig) -> Dict[str, Any]:
 
 
 def _run(cfg: TrainConfig, dist: Dist) -> Dict[str, Any]:
-    from ..checkpoint import load_weights, read_metadata, read_state_dict
-    from ..load import _recorded_attention
     from ..io import atomic_write
-    from ..load import resolve_checkpoint
+    from ..load import load_weights_into, resolve_checkpoint
     from . import checkpointing as ck
     from .data import BatchPositions, TrainSet, collate, open_weighted
     from .freeze import apply_policy, set_train_mode
@@ -388,14 +386,13 @@ def _run(cfg: TrainConfig, dist: Dist) -> Dict[str, Any]:
     torch.manual_seed(cfg.seed)
     model = _build_model(cfg)
     if state is not None:
+        # the run's own checkpoint: every weight, slopes included, exactly as saved
+        from ..checkpoint import load_weights, read_state_dict
+
         load_weights(model, read_state_dict(latest / "model.safetensors"), source=f"checkpoint {latest}", model_name=cfg.model)
     elif cfg.checkpoint is not None:
-        path = resolve_checkpoint(cfg.model, cfg.checkpoint)
-        load_weights(model, read_state_dict(path), source=f"checkpoint {path}", model_name=cfg.model)
-        recorded = _recorded_attention(read_metadata(path))
-        if not (recorded is not None and recorded.trainable_slopes):
-            # The file's slopes were never trained (official files have none): start from --beta.
-            model.set_attention(model.attention_config, reset_slopes=True)
+        # initial weights: the one loading rule (untrained slopes start from --beta)
+        load_weights_into(model, resolve_checkpoint(cfg.model, cfg.checkpoint), model_name=cfg.model)
     trainable_names = apply_policy(model, cfg.train)
     model.to(device)
     set_train_mode(model)
