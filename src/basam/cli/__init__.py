@@ -40,6 +40,7 @@ COMMANDS: Dict[str, str] = {
     "evaluate-coco": "evaluate_coco",
     "train": "train",
     "bench": "bench",
+    "amg": "amg",
 }
 
 

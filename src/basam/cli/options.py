@@ -241,7 +241,7 @@ def out_of_memory_message(exc: BaseException, device: Optional[str] = None) -> s
 EXTRAS = {
     "eval": ("py_sod_metrics", "pycocotools", "scipy", "matplotlib"),
     "train": ("yaml", "tensorboard", "py_sod_metrics", "scipy"),
-    "amg": ("pycocotools", "scipy"),
+    "amg": ("pycocotools", "scipy"),  # RLE, small-region removal
 }
 
 
