@@ -2,7 +2,7 @@
 
 Every attention layer of every model (SAM ViT global and windowed blocks, TinyViT blocks, the
 mask decoder's two-way transformer) calls :func:`attend`. For query ``i`` and key ``j`` it computes
-(``../shared/SPEC.md``)::
+(``docs/method.md``)::
 
     s_ij = lambda * (q_i . k_j) + r_ij + b_ij          a_ij = softmax_j(s_ij)
 

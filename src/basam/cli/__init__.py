@@ -41,6 +41,7 @@ COMMANDS: Dict[str, str] = {
     "train": "train",
     "bench": "bench",
     "amg": "amg",
+    "export": "export",
 }
 
 

@@ -242,6 +242,7 @@ EXTRAS = {
     "eval": ("py_sod_metrics", "pycocotools", "scipy", "matplotlib"),
     "train": ("yaml", "tensorboard", "py_sod_metrics", "scipy"),
     "amg": ("pycocotools", "scipy"),  # RLE, small-region removal
+    "onnx": ("onnx", "onnxruntime"),
 }
 
 

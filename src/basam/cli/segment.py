@@ -53,6 +53,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     g.add_argument("--architecture", metavar="JSON", type=parse_architecture, default=None,
                    help="(testing) override the architecture, e.g. '{\"embed_dim\": 64, \"depth\": 4}'")
+    g.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="torch (default) or onnx: run the pair `basam export onnx` wrote in --onnx-dir "
+                        "(model, resolution and attention are the export's)")
+    g.add_argument("--onnx-dir", metavar="DIR", default=None, help="with --runtime onnx: the export folder")
+    g.add_argument("--onnx-quantized", action="store_true", help="with --runtime onnx: run the int8 graphs (--quantize)")
 
     g = p.add_argument_group("output")
     g.add_argument("--multimask", action="store_true",
@@ -101,6 +106,32 @@ def _output_paths(args: argparse.Namespace, image_path: Path) -> Tuple[Path, Lis
     return out, masks, overlay
 
 
+def _onnx_predictor(args: argparse.Namespace):
+    """The :class:`basam.export.OnnxPredictor` for ``--runtime onnx``, after checking the flags against the export."""
+    from .options import require_extra
+
+    require_extra("onnx", "segment --runtime onnx")
+    if args.onnx_dir is None:
+        raise InputError("--runtime onnx needs --onnx-dir DIR (the folder `basam export onnx` wrote)")
+    if args.checkpoint is not None or args.architecture is not None:
+        raise InputError("--runtime onnx runs the exported weights; --checkpoint / --architecture do not apply")
+    from ..export import OnnxPredictor
+
+    predictor = OnnxPredictor(args.onnx_dir, quantized=args.onnx_quantized)
+    meta = predictor.meta
+    from ..constants import DEFAULT_MODEL
+
+    if args.model not in (DEFAULT_MODEL, meta["model"]):
+        raise InputError(f"--model {args.model}: {args.onnx_dir} holds an export of {meta['model']}")
+    if args.resolution is not None and args.resolution != predictor.resolution:
+        raise InputError(f"--resolution {args.resolution}: {args.onnx_dir} was exported at {predictor.resolution} px; "
+                         "export again for another resolution")
+    if args.attention is not None and args.attention != meta.get("attention_preset"):
+        raise InputError(f"--attention {args.attention}: {args.onnx_dir} was exported with "
+                         f"{meta.get('attention_preset') or 'a custom config'}; export again to change it")
+    return predictor
+
+
 def _describe_attention(config) -> str:
     name = config.preset_name or "custom"
     if config.bias:
@@ -128,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     if overrides and config is not None and not config.bias:
         _note(args, f"note: --beta/--dist only act with --attention basam; ignored with --attention {args.attention}")
     is_hq = bool(arch.get("hq", spec.hq)) if arch else spec.hq
-    if args.hq_token_only and not is_hq:
+    if args.hq_token_only and not is_hq and args.runtime == "torch":
         raise InputError(f"--hq-token-only applies to sam_hq_* models, not {args.model}")
     device = resolve_device(args.device)
 
@@ -143,20 +174,29 @@ def run(args: argparse.Namespace) -> int:
 
     check_prompts([[x, y] for x, y, _ in points] or None, [label for _, _, label in points] or None, box, width, height)
 
-    # 3. Model (reads and checks the checkpoint strictly).
-    from ..load import load_model
-    from ..predictor import Predictor
+    # 3. Model (reads and checks the checkpoint strictly), or the exported ONNX pair.
+    if args.runtime == "onnx":
+        predictor = _onnx_predictor(args)
+        meta = predictor.meta
+        print(
+            f"model {meta['model']} (onnx{', int8' if args.onnx_quantized else ''})  resolution {predictor.resolution}  "
+            f"attention {meta.get('attention_preset') or 'custom'}  device cpu  image {width}x{height}",
+            flush=True,
+        )
+    else:
+        from ..load import load_model
+        from ..predictor import Predictor
 
-    model = load_model(
-        args.model, checkpoint=args.checkpoint, attention=config, device=device,
-        progress=not args.quiet, architecture=arch, **({} if config is not None else overrides),
-    )
-    predictor = Predictor(model, resolution=args.resolution)
-    print(
-        f"model {args.model}  resolution {predictor.resolution}  attention {_describe_attention(model.attention_config)}  "
-        f"device {device}  image {width}x{height}",
-        flush=True,
-    )
+        model = load_model(
+            args.model, checkpoint=args.checkpoint, attention=config, device=device,
+            progress=not args.quiet, architecture=arch, **({} if config is not None else overrides),
+        )
+        predictor = Predictor(model, resolution=args.resolution)
+        print(
+            f"model {args.model}  resolution {predictor.resolution}  attention {_describe_attention(model.attention_config)}  "
+            f"device {device}  image {width}x{height}",
+            flush=True,
+        )
 
     # 4. Encode and decode.
     import numpy as np
@@ -167,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         # The resized image can be a read-only view; torch warns but copies it to the device anyway.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         predictor.set_image(image)
-    if predictor.device.type == "cuda":
+    if getattr(predictor, "device", None) is not None and predictor.device.type == "cuda":
         torch.cuda.synchronize(predictor.device)
     _note(args, f"encoded in {time.perf_counter() - start:.2f} s")
 

@@ -1,7 +1,7 @@
 """Fused BA-SAM attention in Triton: flash attention with the decomposed relative-position and
 distance biases computed per key tile, so no N x N tensor ever exists (forward or backward).
 
-Logits (``basam.attention``, ``../shared/SPEC.md``)::
+Logits (``basam.attention``, ``docs/method.md``)::
 
     s_ij = scale * q_i.k_j + REL_H[i, row(j)] + REL_W[i, col(j)] - slope_h * dist(p_i, p_j)
 

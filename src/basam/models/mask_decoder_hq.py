@@ -1,6 +1,6 @@
 """HQ-SAM's mask decoder: SAM's decoder plus the HQ-Output token and global-local feature fusion.
 
-How the HQ token relates to SAM's own output token (``../shared/SPEC.md``):
+How the HQ token relates to SAM's own output token (``docs/method.md``):
 
 * ``independent``: the HQ token alone predicts the mask (official ``hq_token_only=True``).
 * ``add``: HQ mask logits + SAM's best mask logits (the official default output).

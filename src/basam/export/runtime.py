@@ -1,0 +1,197 @@
+"""Run an exported encoder / decoder pair with onnxruntime, behind :class:`basam.Predictor`'s interface."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import InputError
+from ..transforms import ResizeLongestSide
+from .exporter import METADATA_FILE
+
+
+def _bilinear_resize(masks: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """(C, h, w) float -> (C, H, W), bilinear with half-pixel centres (``align_corners=False``)."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32))[None]
+    return F.interpolate(t, size, mode="bilinear", align_corners=False)[0].numpy()
+
+
+class OnnxPredictor:
+    """``set_image`` / ``predict`` as :class:`basam.Predictor`, on the pair ``basam.export.export_onnx`` wrote.
+
+    The working resolution, the model family and the decoder's export options come from
+    ``basam_onnx.json`` in ``onnx_dir``. Differences from :class:`basam.Predictor`, all fixed by the
+    export: the resolution; HQ-SAM's ``hq_token_only`` and ``multimask_output`` (``predict``
+    follows the export and refuses a value that differs); a decoder exported with
+    ``return_single_mask`` returns one mask whatever ``multimask_output`` says.
+
+    Args:
+        onnx_dir: the export folder.
+        quantized: run ``encoder.quant.onnx`` / ``decoder.quant.onnx``.
+        providers: onnxruntime execution providers (default CPU).
+        threads: intra-op threads (default: onnxruntime's choice).
+    """
+
+    def __init__(self, onnx_dir, quantized: bool = False, providers: Optional[Sequence[str]] = None,
+                 threads: Optional[int] = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:  # pragma: no cover - depends on the installation
+            raise InputError("the onnx runtime needs onnxruntime: pip install 'basam[onnx]'") from None
+        self.onnx_dir = Path(onnx_dir)
+        meta_path = self.onnx_dir / METADATA_FILE
+        if not meta_path.is_file():
+            raise InputError(f"{self.onnx_dir} holds no basam ONNX export ({METADATA_FILE} missing); run basam export onnx")
+        self.meta = json.loads(meta_path.read_text())
+        enc_name, dec_name = self.meta["encoder"], self.meta["decoder"]
+        if quantized:
+            if "encoder_quant" not in self.meta:
+                raise InputError(f"{self.onnx_dir} has no quantized graphs; export with quantize=True (--quantize)")
+            enc_name, dec_name = self.meta["encoder_quant"], self.meta["decoder_quant"]
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        providers = list(providers or ["CPUExecutionProvider"])
+        self.encoder = ort.InferenceSession(str(self.onnx_dir / enc_name), options, providers=providers)
+        self.decoder = ort.InferenceSession(str(self.onnx_dir / dec_name), options, providers=providers)
+        self.resolution = int(self.meta["resolution"])
+        self.is_hq = bool(self.meta["hq"])
+        self.mask_threshold = float(self.meta.get("mask_threshold", 0.0))
+        self.image_format = self.meta.get("image_format", "RGB")
+        self.grid = tuple(self.meta["grid"])
+        self.transform = ResizeLongestSide(self.resolution)
+        self.reset_image()
+
+    # --- image --------------------------------------------------------------------------------
+
+    def reset_image(self) -> None:
+        self.is_image_set = False
+        self.features: Optional[np.ndarray] = None
+        self.interm_features: Optional[np.ndarray] = None
+        self.original_size = None
+        self.input_size = None
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Encode an (H, W, 3) uint8 image in ``RGB`` or ``BGR`` order."""
+        if image_format not in ("RGB", "BGR"):
+            raise InputError(f"image_format must be RGB or BGR, got {image_format!r}")
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise InputError(f"image must be an HxWx3 uint8 array, got shape {image.shape} and dtype {image.dtype}")
+        if min(image.shape[:2]) < 1:
+            raise InputError(f"image is empty: {image.shape}")
+        if image_format != self.image_format:
+            image = image[..., ::-1]
+        self.reset_image()
+        resized = self.transform.apply_image(np.ascontiguousarray(image))
+        x = resized.transpose(2, 0, 1)[None].astype(np.float32)  # (1, 3, h, w), 0..255
+        outs = self.encoder.run(None, {"image": x})
+        self.features = outs[0]
+        self.interm_features = outs[1] if self.is_hq else None
+        self.original_size = tuple(int(s) for s in image.shape[:2])
+        self.input_size = tuple(resized.shape[:2])
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> np.ndarray:
+        """The image embedding (1, C, h, w) of the current image."""
+        self._require_image()
+        return self.features
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("an image must be set with .set_image(...) before mask prediction")
+
+    @property
+    def mask_input_size(self) -> Tuple[int, int]:
+        return 4 * self.grid[0], 4 * self.grid[1]
+
+    # --- prompts ------------------------------------------------------------------------------
+
+    def decoder_inputs(self, point_coords=None, point_labels=None, box=None, mask_input=None) -> dict:
+        """The decoder's feed for prompts in the original frame, built as the official ONNX example:
+        points, then the box as two corners labelled 2 and 3, else a padding point labelled -1."""
+        coords = np.zeros((0, 2), dtype=np.float64)
+        labels = np.zeros((0,), dtype=np.float64)
+        if point_coords is not None:
+            coords = self.transform.apply_coords(np.asarray(point_coords, dtype=float), self.original_size)
+            labels = np.asarray(point_labels, dtype=np.float64)
+        if box is not None:
+            corners = self.transform.apply_boxes(np.asarray(box, dtype=float).reshape(1, 4), self.original_size).reshape(2, 2)
+            coords = np.concatenate([coords, corners], axis=0)
+            labels = np.concatenate([labels, [2.0, 3.0]])
+        elif point_coords is not None:
+            coords = np.concatenate([coords, [[0.0, 0.0]]], axis=0)
+            labels = np.concatenate([labels, [-1.0]])
+        if mask_input is not None:
+            mask = np.asarray(mask_input, dtype=np.float32)
+            if mask.ndim == 2:
+                mask = mask[None]
+            if mask.ndim != 3 or mask.shape[0] != 1:
+                raise InputError(f"mask_input must be 1xHxW low-resolution logits, got shape {mask.shape}")
+            if not np.all(np.isfinite(mask)):
+                raise InputError("mask_input holds NaN or infinite values; pass the low-res logits of an earlier predict")
+            if tuple(mask.shape[-2:]) != self.mask_input_size:
+                mask = _bilinear_resize(mask, self.mask_input_size)
+            mask, has_mask = mask[None], np.ones(1, dtype=np.float32)
+        else:
+            mask = np.zeros((1, 1, *self.mask_input_size), dtype=np.float32)
+            has_mask = np.zeros(1, dtype=np.float32)
+        feed = {
+            "image_embeddings": self.features,
+            "point_coords": coords[None].astype(np.float32),
+            "point_labels": labels[None].astype(np.float32),
+            "mask_input": mask,
+            "has_mask_input": has_mask,
+            "orig_im_size": np.asarray(self.original_size, dtype=np.float32),
+        }
+        if self.is_hq:
+            feed["interm_embeddings"] = self.interm_features
+        return feed
+
+    def predict(
+        self,
+        point_coords: Optional[np.ndarray] = None,
+        point_labels: Optional[np.ndarray] = None,
+        box: Optional[np.ndarray] = None,
+        mask_input: Optional[np.ndarray] = None,
+        multimask_output: Optional[bool] = None,
+        return_logits: bool = False,
+        hq_token_only: Optional[bool] = None,
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks for one prompt set in the original frame, as :meth:`basam.Predictor.predict`.
+
+        ``multimask_output`` None: True for SAM / MobileSAM (as :class:`basam.Predictor`), the
+        exported choice for HQ-SAM. ``hq_token_only`` None: the exported choice.
+
+        Returns:
+            masks (C, H, W) bool (or float logits), scores (C,), low-res logits (C, 4h, 4w).
+        """
+        from ..predictor import check_prompts
+
+        self._require_image()
+        if point_coords is None and box is None and mask_input is None:
+            raise InputError("no prompt given: pass at least one point, a box or a mask")
+        check_prompts(point_coords, point_labels, box, self.original_size[1], self.original_size[0])
+        if hq_token_only is not None:
+            if not self.is_hq:
+                raise InputError("hq_token_only applies to HQ-SAM models (sam_hq_*)")
+            if bool(hq_token_only) != bool(self.meta["hq_token_only"]):
+                raise InputError(f"this decoder was exported with hq_token_only={self.meta['hq_token_only']}; export again to change it")
+        if self.is_hq and multimask_output is not None and bool(multimask_output) != bool(self.meta["multimask_output"]):
+            raise InputError(f"this HQ-SAM decoder was exported with multimask_output={self.meta['multimask_output']}; "
+                             "export again to change it")
+        multimask_output = True if multimask_output is None else bool(multimask_output)
+        masks, iou, low_res = self.decoder.run(None, self.decoder_inputs(point_coords, point_labels, box, mask_input))
+        masks, iou, low_res = masks[0], iou[0], low_res[0]
+        if masks.shape[0] == 4:  # all of SAM's tokens: pick as SamPredictor does
+            sl = slice(1, None) if multimask_output else slice(0, 1)
+            masks, iou, low_res = masks[sl], iou[sl], low_res[sl]
+        if not return_logits:
+            masks = masks > self.mask_threshold
+        return masks, iou, low_res
