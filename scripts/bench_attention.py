@@ -92,7 +92,7 @@ def main() -> int:
                 try:
                     out = T.fused_attention(q, k, v, scale, rel, (g, g), sl, dname)
                     if n <= 16384:
-                        ref = A._attend_sdpa(q.float(), k.float(), v.float(), scale, rel, (g, g), sl, dname, None, 2**30)
+                        ref = A.attend_sdpa(q.float(), k.float(), v.float(), scale, A.AttentionBias(rel, (g, g), slopes=sl, dist=dname), 2**30)
                         row["rel_err_vs_fp32"] = rel_err(out, ref)
                         del ref
                     t = do_bench(lambda: T.fused_attention(q, k, v, scale, rel, (g, g), sl, dname), warmup=50, rep=200,

@@ -37,16 +37,12 @@ FULL["sam_hq_vit_tiny"] = FULL["mobile_sam"]
 
 
 def _package(name: str):
-    """The official package that implements ``name``."""
+    """The official package that implements ``name`` (the oracle its ModelSpec names)."""
+    from basam.models.registry import get_spec
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if name.startswith("sam_hq"):
-            import segment_anything_hq as pkg
-        elif name == "mobile_sam":
-            import mobile_sam as pkg
-        else:
-            import segment_anything as pkg
-    return pkg
+        return __import__(get_spec(name).oracle.package)
 
 
 def build_official(name: str, arch: dict) -> nn.Module:

@@ -119,16 +119,17 @@ class Recorder:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, q, k, v, scale, rel_pos, grid, slopes, dist, dense_bias, chunk_bytes):
-        self.calls.append(dict(scale=scale, grid=grid, slopes=None if slopes is None else slopes.detach().clone(),
-                               dist=dist, n_keys=k.shape[-2], head_dim=q.shape[-1], dense=dense_bias is not None))
-        return A._attend_sdpa(q, k, v, scale, rel_pos, grid, slopes, dist, dense_bias, chunk_bytes)
+    def __call__(self, q, k, v, scale, bias, chunk_bytes):
+        slopes = bias.slopes
+        self.calls.append(dict(scale=scale, grid=bias.grid, slopes=None if slopes is None else slopes.detach().clone(),
+                               dist=bias.dist, n_keys=k.shape[-2], head_dim=q.shape[-1], dense=bias.dense is not None))
+        return A.attend_sdpa(q, k, v, scale, bias, chunk_bytes)
 
 
 @pytest.fixture
 def recorder():
     rec = Recorder()
-    A.register_backend("recorder", rec, supports=lambda q: True, prefer=False)
+    A.register_backend("recorder", rec, supports=lambda q, k, v, bias: True, prefer=False)
     yield rec
     A._BACKENDS.pop("recorder", None)
 
@@ -274,7 +275,7 @@ def test_bias_scratch_scope_same_results_and_nothing_kept():
         got = [attend(**c) for c in cases]
         assert len(A._SCRATCH.get()) == 1  # one buffer, for the CPU
     assert A._SCRATCH.get() is None
-    ref = [A._attend_reference(c["q"], c["k"], c["v"], 0.3, c["rel_pos"], c["grid"], c["slopes"], "manhattan", None, 0) for c in cases]
+    ref = [A.attend_reference(c["q"], c["k"], c["v"], 0.3, A.AttentionBias(c["rel_pos"], c["grid"], slopes=c["slopes"])) for c in cases]
     for a, b, r in zip(got, want, ref):
         assert torch.equal(a, b)
         assert torch.allclose(a, r, atol=1e-5)
@@ -290,6 +291,42 @@ def test_bias_scratch_leaves_autograd_alone():
     with A.bias_scratch():
         out = attend(q, k, v, scale=0.3, rel_pos=rel, grid=grid, slopes=slopes, backend="sdpa", chunk_bytes=2 * N * 8 * 5)
     out.square().sum().backward()
-    ref = A._attend_reference(q, k, v, 0.3, rel, grid, slopes, "manhattan", None, 0)
+    ref = A.attend_reference(q, k, v, 0.3, A.AttentionBias(rel, grid, slopes=slopes))
     assert torch.allclose(out, ref, atol=1e-5)
     assert q.grad is not None and slopes.grad is not None and slopes.grad.abs().sum() > 0
+
+
+def test_backends_get_one_bias_object_and_the_dispatcher_falls_back():
+    """A backend receives one AttentionBias and says what it supports; a call it refuses goes to sdpa,
+    under auto and when named; a bias no backend takes (pooled keys) is refused in one line."""
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, 2, 16, 8, generator=g) for _ in range(3))
+    rel = (torch.randn(4, 4, 8, generator=g), torch.randn(4, 4, 8, generator=g))
+    seen = []
+
+    def picky(q, k, v, scale, bias, chunk_bytes):
+        seen.append(bias)
+        return A.attend_sdpa(q, k, v, scale, bias, chunk_bytes)
+
+    A.register_backend("picky", picky, supports=lambda q, k, v, bias: bias.dense is None, prefer=True)
+    try:
+        out = attend(q, k, v, scale=0.3, rel_pos=rel, grid=(4, 4), slopes=alibi_slopes(2, 1.0))
+        assert len(seen) == 1 and isinstance(seen[0], A.AttentionBias) and seen[0].grid == (4, 4)
+        assert seen[0].k_grid == (4, 4) and not seen[0].pooled and seen[0].rel_pos is rel
+        ref = A.attend_reference(q, k, v, 0.3, seen[0])
+        assert torch.allclose(out, ref, atol=1e-5)
+        dense = torch.randn(16, 16, generator=g)
+        for backend in ("auto", "picky"):
+            out = attend(q, k, v, scale=0.3, dense_bias=dense, backend=backend)
+            assert len(seen) == 1, f"{backend}: the backend was called for a bias it does not support"
+            assert torch.allclose(out, A.attend_reference(q, k, v, 0.3, A.AttentionBias(dense=dense)), atol=1e-5)
+    finally:
+        A._BACKENDS.pop("picky", None)
+        A._AUTO_ORDER.remove("picky")
+    pooled = A.AttentionBias(q_grid=(4, 4), k_grid=(2, 2), slopes=alibi_slopes(2, 1.0))
+    with pytest.raises(basam.InputError, match="different grids"):
+        attend(q, k[:, :, :4], v[:, :, :4], scale=0.3, bias=pooled)
+    with pytest.raises(ValueError, match="not both"):
+        attend(q, k, v, scale=0.3, bias=pooled, grid=(4, 4))
+    with pytest.raises(ValueError, match="do not match"):
+        attend(q, k, v, scale=0.3, rel_pos=rel, grid=(4, 3))

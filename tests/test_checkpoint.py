@@ -151,3 +151,21 @@ def test_untrained_slopes_in_a_file_do_not_override_beta(tmp_path, mobile_ckpt):
     for n, p in again.named_parameters():
         if n.endswith("bam.slopes"):
             assert torch.allclose(p, basam.attention.alibi_slopes(p.numel(), 1.0))
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo this-must-never-run",))
+
+
+def test_pickled_code_is_refused_without_suggesting_weights_only_false(tmp_path, capfd):
+    path = tmp_path / "evil.pth"
+    torch.save({"image_encoder.x": torch.zeros(1), "payload": _RunsCode()}, path)
+    with pytest.raises(basam.CheckpointError) as e:
+        read_state_dict(path)
+    msg = str(e.value)
+    assert "never unpickles code" in msg and "posix.system" in msg and "\n" not in msg
+    assert "weights_only" not in msg
+    assert "this-must-never-run" not in capfd.readouterr().out

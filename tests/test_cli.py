@@ -389,3 +389,25 @@ def test_subprocess_error(ckpts, images, out_dir):
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("basam: error:")
     assert list(out_dir.iterdir()) == []
+
+
+def test_failed_overlay_write_leaves_earlier_masks_untouched(capsys, ckpts, images, out_dir, monkeypatch):
+    """Masks and overlay are staged and renamed together: when the overlay cannot be written (disk
+    full), the masks of an earlier run keep their content and no temp file stays behind."""
+    out = out_dir / "mask.png"
+    rc, _, stderr = run(capsys, ["segment", images["png"], "--point", "60,50", "--multimask", "--out", out,
+                                 "--quiet", *model_args(ckpts)])
+    assert rc == 0, stderr
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    real_save = Image.Image.save
+
+    def full_disk_for_jpeg(self, fp, format=None, **kw):
+        if format == "JPEG":
+            raise OSError(28, "No space left on device")
+        return real_save(self, fp, format=format, **kw)
+
+    monkeypatch.setattr(Image.Image, "save", full_disk_for_jpeg)
+    rc, _, stderr = run(capsys, ["segment", images["png"], "--point", "140,110", "--box", "80,60,159,119", "--multimask",
+                                 "--out", out, "--overlay", out_dir / "overlay.jpg", "--quiet", *model_args(ckpts)])
+    assert rc == 2 and stderr.count("\n") == 1 and "No space left" in stderr
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before

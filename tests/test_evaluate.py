@@ -160,3 +160,146 @@ def test_real_data_layouts(tmp_path, ckpt):
     s = json.loads((tmp_path / "out" / "summary.json").read_text())["datasets"]["DUTS-TE"]
     assert all(r["n"] == 3 for r in s["rows"])
     assert all(0.0 <= r["mae"] <= 1.0 and 0.0 <= r["iou"] <= 1.0 for r in s["rows"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Output errors, skipped pairs, resume with other spellings of the same paths
+
+
+def _small_args(data, out, ckpt, *extra):
+    """One resolution, one preset: the cheapest run that still writes every report."""
+    return ["evaluate", "--data", str(data), "--model", "mobile_sam", "--checkpoint", str(ckpt), "--architecture", json.dumps(ARCH),
+            "--resolutions", "64", "--attention", "vanilla", "--prompt", "center", "--out", str(out), "-q", *extra]
+
+
+def _one_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("basam: error:") and "Traceback" not in err[0], err
+    return err[0]
+
+
+def _fd_path(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""
+
+
+def _full_disk_for(monkeypatch, match: str):
+    """Make os.fsync fail with ENOSPC for files whose path contains ``match`` (a full disk, seen
+    where a writer makes its data durable)."""
+    import errno
+
+    real = os.fsync
+
+    def fsync(fd):
+        if match in _fd_path(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
+def test_out_errors_are_one_line_and_write_nothing(tmp_path, ckpt, capsys, monkeypatch):
+    data = _synthetic(tmp_path / "synth", n=1)
+    # --out is an existing file: refused before the model loads, the file untouched
+    (tmp_path / "taken").write_text("keep me")
+    assert main(_small_args(data, tmp_path / "taken", ckpt)) == 2
+    assert "is a file, not a folder" in _one_error(capsys) and (tmp_path / "taken").read_text() == "keep me"
+    # a folder that cannot be written (root passes os.access everywhere: simulated)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if Path(p) == ro else real_access(p, mode, **k))
+    assert main(_small_args(data, ro / "out", ckpt)) == 2
+    assert "is not writable" in _one_error(capsys) and list(ro.iterdir()) == []
+    monkeypatch.undo()
+    # a full disk at the first file written: one line, no config.json, no temp file
+    _full_disk_for(monkeypatch, "config.json")
+    assert main(_small_args(data, tmp_path / "full", ckpt)) == 2
+    assert "No space left on device" in _one_error(capsys)
+    assert [p.name for p in (tmp_path / "full").iterdir()] == []
+
+
+def test_records_and_reports_are_never_half_written(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    out = tmp_path / "out"
+    out.mkdir()
+    w = ev.RecordWriter(out, 0)
+    w.write({"dataset": "d", "image": "a", "resolution": 64, "attention": "vanilla", "skipped": "corrupt"})
+    _full_disk_for(monkeypatch, "records.rank0.jsonl")
+    with pytest.raises(ev.InputError) as ei:
+        w.write({"dataset": "d", "image": "b", "resolution": 64, "attention": "vanilla", "skipped": "corrupt"})
+    w.close()
+    assert "No space left on device" in str(ei.value) and "\n" not in str(ei.value)
+    lines = (out / "records.rank0.jsonl").read_text().splitlines(keepends=True)
+    assert len(lines) == 1 and lines[0].endswith("\n")  # the failed record is not there, not even in part
+    monkeypatch.undo()
+
+    settings = ev.EvalSettings(data=["d"], model="basam_tiny", checkpoint=None, resolutions=[64], attention=["vanilla"], prompt="point")
+    datasets = [SimpleNamespace(name="d", skipped=[("images/c.png", "no mask")])]
+    ev.write_reports(out, settings, datasets)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "records.rank0.jsonl").write_text(json.dumps({"dataset": "d", "image": "z", "resolution": 64, "attention": "vanilla",
+                                                          "skipped": "truncated"}) + "\n")
+    _full_disk_for(monkeypatch, "summary.md")  # the 4th report file of 5 fails: none is replaced
+    with pytest.raises(ev.InputError, match="No space left on device"):
+        ev.write_reports(out, settings, datasets)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "records.rank0.jsonl"} == \
+        {k: v for k, v in before.items() if k != "records.rank0.jsonl"}
+
+
+@pytest.fixture(scope="module")
+def skip_run(tmp_path_factory, ckpt):
+    """One run over 2 good pairs and 4 bad ones: an image without a mask, a mask without an image,
+    a mask of another size, and an image cut short (fails only when decoded)."""
+    base = tmp_path_factory.mktemp("skips")
+    data = _synthetic(base / "synth", n=3)
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(data / "images" / "lonely.png")
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(data / "masks" / "orphan.png")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(data / "masks" / "img0.png")  # image is 90x120
+    good = (data / "images" / "img2.png").read_bytes()
+    (data / "images" / "img2.png").write_bytes(good[: len(good) // 2])
+    import contextlib
+    import io
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        rc = main(_small_args(data, base / "out", ckpt))
+    assert rc == 0, stderr.getvalue()[-2000:]
+    return data, base / "out", stdout.getvalue()
+
+
+def test_every_skipped_pair_is_listed_with_its_reason(skip_run):
+    data, out, console = skip_run
+    expected = {"images/lonely.png": "no mask", "masks/orphan.png": "no image", "images/img0.png": "size mismatch",
+                "img2": "truncated or corrupt"}
+    md = (out / "summary.md").read_text()
+    for text in (console, md):
+        assert "4 pair(s) skipped" in text
+        for name, reason in expected.items():
+            line = next((ln for ln in text.splitlines() if f"`{name}`" in ln), None)
+            assert line is not None and reason in line, (name, text)
+    assert "4 pair(s) skipped, listed above" in console
+    rows = list(__import__("csv").DictReader((out / "per_image.csv").open()))
+    skipped = {r["image"]: r["skipped"] for r in rows if r["skipped"]}
+    assert set(skipped) == set(expected) and all(reason in skipped[n] for n, reason in expected.items())
+    assert sum(1 for r in rows if not r["skipped"]) == 1  # img1, the one good pair left
+    s = json.loads((out / "summary.json").read_text())["datasets"]["synth"]
+    assert s["skipped"] == 4 and len(s["skipped_pairs"]) == 4 and s["rows"][0]["n"] == 1
+
+
+def test_resume_accepts_the_same_folders_spelled_otherwise(skip_run, ckpt, tmp_path, monkeypatch, capsys):
+    data, out, _ = skip_run
+    monkeypatch.setattr(ev, "evaluate_image", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    monkeypatch.chdir(data.parent)
+    link = tmp_path / "link"
+    link.symlink_to(data.parent)
+    for spelling in (f"./{data.name}/", str(link / data.name)):  # relative; through a linked parent folder
+        argv = _small_args(spelling, os.path.relpath(out), os.path.relpath(ckpt))
+        assert main(argv) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(_small_args(data, out, ckpt, "--seed", "1")) == 2  # another setting is still refused
+    assert "other settings (seed)" in _one_error(capsys)

@@ -7,7 +7,10 @@ import http.server
 import os
 import re
 import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -44,6 +47,15 @@ class _Server:
                 self.end_headers()
                 if kind == "ok":
                     self.wfile.write(body)
+                elif kind == "slow":  # the whole body, in 8 pieces 0.25 s apart
+                    step = len(body) // 8 + 1
+                    for i in range(0, len(body), step):
+                        try:
+                            self.wfile.write(body[i : i + step])
+                            self.wfile.flush()
+                        except OSError:  # the client was killed
+                            return
+                        time.sleep(0.25)
                 elif kind == "truncated":  # promise len(body) bytes, send less, hang up
                     self.wfile.write(body[: len(body) // 3])
                     self.wfile.flush()
@@ -103,7 +115,7 @@ def _info(url: str, sha256: str | None = PAYLOAD_SHA, filename: str = "model.pth
 def _leftovers(directory: Path) -> list[str]:
     if not directory.exists():
         return []
-    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".part"))
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith((".part", ".tmp")))
 
 
 def _free_port() -> int:
@@ -359,3 +371,79 @@ def test_unknown_name_lists_known_names():
     for name in OFFICIAL_CHECKPOINTS:
         assert name in message
     assert isinstance(excinfo.value, BasamError)
+
+
+# --------------------------------------------------------------------------------------------
+# killed downloads, two processes at once, mirrors ($BASAM_HUB_URL)
+
+_CHILD = """
+import sys
+from basam import hub
+from basam.hub import CheckpointInfo
+info = CheckpointInfo(filename="model.pth", url=sys.argv[1], sha256=sys.argv[2], size_bytes=None, source_page="x")
+print(hub.download_checkpoint("test", progress=False, info=info))
+"""
+
+
+BIG = PAYLOAD * 6  # several 1 MiB reads, so the temp file fills while the server is slow
+BIG_SHA = hashlib.sha256(BIG).hexdigest()
+
+
+def _child(url: str, home: Path) -> subprocess.Popen:
+    env = dict(os.environ, BASAM_HOME=str(home))
+    return subprocess.Popen([sys.executable, "-c", _CHILD, url, BIG_SHA], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.02)
+
+
+def _partials(directory: Path) -> list[Path]:
+    return [p for p in directory.glob(".model.pth.*") if p.stat().st_size > 0] if directory.exists() else []
+
+
+def test_download_killed_by_sigkill_leaves_a_partial_that_the_next_run_removes(server, basam_home):
+    url = server.serve("/m/model.pth", BIG, kind="slow")
+    directory = basam_home / "checkpoints"
+    child = _child(url, basam_home)
+    try:
+        _wait_for(lambda: _partials(directory))  # bytes are arriving in the temp file
+    finally:
+        child.kill()  # SIGKILL: no cleanup code runs
+        child.wait(timeout=30)
+    assert _leftovers(directory), "a SIGKILLed download should leave its temp file (that is the case to handle)"
+    assert not (directory / "model.pth").exists()
+    server.serve("/m/model.pth", BIG)
+    path = hub.download_checkpoint("test", progress=False, info=_info(url, BIG_SHA))
+    assert path.read_bytes() == BIG
+    assert _leftovers(directory) == []
+
+
+def test_two_processes_download_a_file_once(server, basam_home, capsys):
+    url = server.serve("/m/model.pth", BIG, kind="slow")
+    directory = basam_home / "checkpoints"
+    child = _child(url, basam_home)
+    try:
+        _wait_for(lambda: _partials(directory))  # the child holds the lock and is downloading
+        path = hub.download_checkpoint("test", progress=False, info=_info(url, BIG_SHA))  # waits, then finds it cached
+        out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 0, err
+    assert Path(out.strip()) == path and path.read_bytes() == BIG
+    assert server.count("/m/model.pth") == 1
+    assert "waiting for another process" in capsys.readouterr().err
+    assert _leftovers(directory) == []
+
+
+def test_basam_hub_url_replaces_the_download_base(server, basam_home, monkeypatch):
+    server.serve("/mirror/model.pth", PAYLOAD)
+    monkeypatch.setenv("BASAM_HUB_URL", server.base + "/mirror/")
+    dead = f"http://127.0.0.1:{_free_port()}/official/model.pth"
+    path = hub.download_checkpoint("test", progress=False, info=_info(dead))
+    assert path.read_bytes() == PAYLOAD and server.count("/mirror/model.pth") == 1

@@ -637,3 +637,186 @@ def test_save_overlay_wrong_suffix(tmp_path):
     with pytest.raises(InputError):
         save_overlay(tmp_path / "o.gif", np.zeros((4, 4, 3), np.uint8), None)
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------
+# The package: one module per purpose, every old name still importable from basam.io
+# ------------------------------------------------------------------------------------------
+
+
+def test_io_is_a_package_split_by_purpose():
+    import importlib
+
+    import basam.io
+
+    assert Path(basam.io.__file__).name == "__init__.py"
+    assert not (Path(basam.io.__file__).parents[1] / "io.py").exists()
+    homes = {
+        "decode": ("read_image", "read_mask", "MAX_PIXELS", "decode_bytes", "_open_decoded", "_to_rgb", "_to_gray"),
+        "atomic": ("atomic_write", "atomic_write_all", "fsync_dir", "check_writable_dir", "_stage", "_commit"),
+        "masks": ("save_mask_png", "save_masks", "_png_writer", "_mask_u8", "_require_suffix"),
+        "overlay": ("render_overlay", "save_overlay", "PALETTE", "_outline"),
+    }
+    for module, names in homes.items():
+        sub = importlib.import_module(f"basam.io.{module}")
+        for name in names:
+            assert getattr(basam.io, name) is getattr(sub, name), name
+            if callable(getattr(sub, name)):
+                assert getattr(sub, name).__module__ == f"basam.io.{module}", name
+    # what the rest of the package imports from basam.io (coco: _show; checkpointing: fsync_dir)
+    from basam.io import _show, atomic_write, fsync_dir, read_image, read_mask  # noqa: F401
+
+
+def test_assigning_on_the_package_reaches_the_submodules(monkeypatch):
+    import basam.io
+    import basam.io.decode
+    import basam.io.masks
+
+    monkeypatch.setattr(basam.io, "MAX_PIXELS", 12)
+    assert basam.io.decode.MAX_PIXELS == 12
+    sentinel = lambda u8: None  # noqa: E731
+    monkeypatch.setattr(basam.io, "_png_writer", sentinel)
+    assert basam.io.masks._png_writer is sentinel
+    monkeypatch.undo()
+    assert basam.io.decode.MAX_PIXELS == basam.io.MAX_PIXELS == 2**28
+
+
+# ------------------------------------------------------------------------------------------
+# Bounded decoding: sizes from the header, downscaled reading
+# ------------------------------------------------------------------------------------------
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A valid PNG header claiming width x height RGB, with a tiny (truncated) IDAT: 1.7 MB of
+    zeros would decode to the same size; the header is all the check may look at."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * (1 + 3 * width) * 4)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_huge_image_is_refused_from_its_header(tmp_path, monkeypatch):
+    _png_header_only(tmp_path / "huge.png", 40000, 40000)
+    from PIL import ImageFile
+
+    decoded = []
+
+    def no_decoding(self, *args, **kwargs):
+        decoded.append(self)
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    for reader in (read_image, read_mask):
+        with pytest.raises(InputError) as ei:
+            reader(tmp_path / "huge.png")
+        _assert_one_line_error(ei, "huge.png", "too large")
+        assert "40000x40000" in str(ei.value) and f"limit is {bio.MAX_PIXELS} pixels" in str(ei.value)
+    assert decoded == []  # refused before a pixel was decoded
+
+
+def test_image_over_the_available_memory_is_refused(tmp_path, monkeypatch):
+    import basam.memory
+
+    Image.fromarray(_pattern(20, 30)).save(tmp_path / "a.png")
+    assert bio.decode_bytes(30, 20, "RGB") == 600 * (4 + 8)
+    monkeypatch.setattr(basam.memory, "cpu_available_bytes", lambda: 1000)
+    with pytest.raises(InputError) as ei:
+        read_image(tmp_path / "a.png")
+    _assert_one_line_error(ei, "a.png", "30x20 pixels")
+    assert "GiB is available" in str(ei.value)
+    monkeypatch.setattr(basam.memory, "cpu_available_bytes", lambda: None)  # unknown: not refused
+    assert read_image(tmp_path / "a.png").shape == (20, 30, 3)
+
+
+def _smooth(h: int, w: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([yy * 255 // h, xx * 255 // w, (yy + xx) * 255 // (h + w)], axis=-1).astype(np.uint8)
+
+
+def test_read_image_max_side_jpeg_uses_dct_scaling(tmp_path, monkeypatch):
+    arr = _smooth(600, 800)
+    Image.fromarray(arr).save(tmp_path / "a.jpg", quality=95)
+    reduced = []
+    real_reduce = Image.Image.reduce
+    monkeypatch.setattr(Image.Image, "reduce", lambda self, *a, **k: reduced.append(a) or real_reduce(self, *a, **k))
+    small = read_image(tmp_path / "a.jpg", max_side=100)
+    assert small.shape == (75, 100, 3) and small.dtype == np.uint8 and small.flags["C_CONTIGUOUS"]
+    assert reduced == []  # the decoder produced 1/8 scale itself: the full-size pixels never existed
+    expected = np.asarray(Image.fromarray(arr).reduce(8), dtype=np.float64)
+    assert np.abs(small.astype(np.float64) - expected).mean() < 4
+    # longest side kept >= max_side: 800 // 300 = 2, JPEG scales are powers of two
+    assert read_image(tmp_path / "a.jpg", max_side=300).shape == (300, 400, 3)
+    assert read_image(tmp_path / "a.jpg", max_side=500).shape == (600, 800, 3)  # < 2x: as it is
+
+
+def test_read_image_max_side_other_formats_and_orientation(tmp_path):
+    arr = _smooth(60, 90)
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    out = read_image(tmp_path / "a.png", max_side=30)
+    assert out.shape == (20, 30, 3)
+    np.testing.assert_array_equal(out, np.asarray(Image.fromarray(arr).reduce(3)))
+    # 16-bit gray: converted before averaging (I;16 has no reduce), scaled as read_image does
+    Image.fromarray(np.full((40, 40), 65535, np.uint16)).save(tmp_path / "g16.png")
+    assert (read_image(tmp_path / "g16.png", max_side=10) == 255).all()
+    # a palette image is averaged in colour, not in palette indices
+    pal = Image.fromarray(np.array([[0, 1] * 8] * 16, np.uint8), mode="P")
+    pal.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    pal.save(tmp_path / "p.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "p.png", max_side=8)[0, 0], [128, 0, 128])
+    # EXIF orientation still applies: stored 80 wide x 40 tall, shown 40 x 80
+    _save_with_orientation(tmp_path / "r.jpg", _smooth(40, 80), 6, quality=95)
+    assert read_image(tmp_path / "r.jpg").shape == (80, 40, 3)
+    assert read_image(tmp_path / "r.jpg", max_side=20).shape == (20, 10, 3)
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, True, "100"])
+def test_read_image_bad_max_side(tmp_path, bad):
+    Image.fromarray(_pattern()).save(tmp_path / "a.png")
+    with pytest.raises(InputError, match="max_side"):
+        read_image(tmp_path / "a.png", max_side=bad)
+
+
+def test_atomic_write_all_is_all_or_nothing(tmp_path):
+    (tmp_path / "b.txt").write_bytes(b"old")
+
+    def boom(f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(InputError) as ei:
+        bio.atomic_write_all([(tmp_path / "a.txt", lambda f: f.write(b"A")), (tmp_path / "b.txt", boom)])
+    _assert_one_line_error(ei, "b.txt", "No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.txt"] and (tmp_path / "b.txt").read_bytes() == b"old"
+    written = bio.atomic_write_all([(tmp_path / "a.txt", lambda f: f.write(b"A")), (tmp_path / "b.txt", lambda f: f.write(b"B"))])
+    assert written == [tmp_path / "a.txt", tmp_path / "b.txt"] and (tmp_path / "b.txt").read_bytes() == b"B"
+
+
+def test_check_writable_dir(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        bio.check_writable_dir(tmp_path / "file")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        bio.check_writable_dir(tmp_path / "file" / "sub")
+    assert bio.check_writable_dir(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists()  # nothing created
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != tmp_path)  # root passes os.access: simulate
+    with pytest.raises(InputError, match="is not writable"):
+        bio.check_writable_dir(tmp_path / "new")
+
+
+def test_canonical_path(tmp_path, monkeypatch):
+    (tmp_path / "data" / "DUTS").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    (tmp_path / "other").symlink_to(tmp_path / "data" / "DUTS")
+    monkeypatch.chdir(tmp_path)
+    want = bio.canonical_path(tmp_path / "data" / "DUTS")
+    assert want.is_absolute()
+    for spelling in ("data/DUTS", "./data/DUTS/", "data/../data/DUTS", str(tmp_path / "link" / "DUTS")):
+        assert bio.canonical_path(spelling) == want, spelling
+    # a link named otherwise keeps its name: datasets are named after the last component
+    assert bio.canonical_path("other").name == "other"

@@ -137,7 +137,8 @@ def _run_case(case: dict) -> dict:
         from basam import kernels
 
         info["registered"] = kernels.maybe_register()
-        info["picked"] = A._pick_backend("auto", q_in) is T.triton_attend
+        info["picked"] = A._pick_backend("auto", q_in, k_in, v_in, A.AttentionBias(rel_pos, grid, slopes=slopes, dist=dist)) \
+            is T.triton_attend
         out = A.attend(q_in, k_in, v_in, scale=scale, rel_pos=rel_pos, grid=grid, slopes=slopes, dist=dist)
     elif kind == "dense":
         dense = rnd(H, nq, nk)
@@ -145,21 +146,23 @@ def _run_case(case: dict) -> dict:
         real = T.fused_attention
         T.fused_attention = lambda *a, **k: called.append(1) or real(*a, **k)
         try:
-            out = T.triton_attend(q_in, k_in, v_in, scale, rel_pos, grid, slopes, dist, dense, 2**20)
+            # the dispatcher sends what the kernel does not take (a dense bias) to sdpa
+            out = A.attend(q_in, k_in, v_in, scale=scale, rel_pos=rel_pos, grid=grid, slopes=slopes, dist=dist,
+                           dense_bias=dense, backend="triton", chunk_bytes=2**20)
         finally:
             T.fused_attention = real
         info["kernel_called"] = bool(called)
     elif case.get("nograd"):
         with torch.no_grad():
-            out = T.triton_attend(q_in, k_in, v_in, scale, rel_pos, grid, slopes, dist, None, 2**20)
-        ref = A._attend_reference(q16.detach().float(), k16.detach().float(), v16.detach().float(), scale,
-                                  rel_pos, grid, slopes, dist, None, 0)
+            out = T.triton_attend(q_in, k_in, v_in, scale, A.AttentionBias(rel_pos, grid, slopes=slopes, dist=dist))
+        ref = A.attend_reference(q16.detach().float(), k16.detach().float(), v16.detach().float(), scale,
+                                 A.AttentionBias(rel_pos, grid, slopes=slopes, dist=dist))
         return dict(errs={"out": _rel_err(out, ref)}, time=time.perf_counter() - t0, info=info,
                     dtype_ok=out.dtype == dtype, shape_ok=tuple(out.shape) == tuple(ref.shape))
     elif blocks is not None:
         out = T.fused_attention(q_in, k_in, v_in, scale, rel_pos, grid, slopes, dist, blocks=blocks)
     else:
-        out = T.triton_attend(q_in, k_in, v_in, scale, rel_pos, grid, slopes, dist, None, 2**20)
+        out = T.triton_attend(q_in, k_in, v_in, scale, A.AttentionBias(rel_pos, grid, slopes=slopes, dist=dist))
     go = rnd(*out.shape)
     leaves = [x for x in (rh, rw, slopes) if x is not None]
     if case.get("noncontig"):
@@ -173,7 +176,7 @@ def _run_case(case: dict) -> dict:
     # fp32 reference on the same (rounded) inputs
     q32, k32, v32 = (t.detach().float().requires_grad_(True) for t in (q16, k16, v16))
     dense_ref = dense if kind == "dense" else None
-    ref = A._attend_reference(q32, k32, v32, scale, rel_pos, grid, slopes, dist, dense_ref, 0)
+    ref = A.attend_reference(q32, k32, v32, scale, A.AttentionBias(rel_pos, grid, slopes=slopes, dist=dist, dense=dense_ref))
     ref_grads = torch.autograd.grad(ref, [q32, k32, v32] + leaves, go.to(out.dtype).float())
     names = ["q", "k", "v"] + [n for n, x in (("Rh", rh), ("Rw", rw), ("slopes", slopes)) if x is not None]
     errs = {"out": _rel_err(out, ref)}
@@ -258,7 +261,7 @@ def test_not_registered_on_cpu_without_interpreter(tmp_path):
         "from basam import kernels, attention as A\n"
         "ok = kernels.maybe_register()\n"
         "q = torch.zeros(1, 1, 4, 16)\n"
-        "print('@@', ok, 'triton' in sys.modules, 'triton' in A._BACKENDS, A._pick_backend('auto', q) is A._attend_sdpa)\n"
+        "print('@@', ok, 'triton' in sys.modules, 'triton' in A._BACKENDS, A._pick_backend('auto', q) is A.attend_sdpa)\n"
     )
     env = _subprocess_env({})
     for key in ("TRITON_INTERPRET", "BASAM_TRITON_ON_CPU"):
@@ -271,18 +274,22 @@ def test_not_registered_on_cpu_without_interpreter(tmp_path):
 
 
 def test_supports_predicate(tmp_path):
-    """supports(): dtype, head dim, and CPU only with both opt-ins."""
+    """supports(): dtype, head dim, CPU only with both opt-ins; no dense bias, no pooled keys."""
     code = (
         "import torch\n"
         "from basam.kernels import triton_attention as T\n"
-        "s = T.supports\n"
+        "from basam.attention import AttentionBias\n"
+        "def s(q, bias=AttentionBias()):\n"
+        "    return T.supports(q, q, q, bias)\n"
         "r = [s(torch.zeros(1, 2, 8, 16)), s(torch.zeros(1, 2, 8, 80, dtype=torch.bfloat16)),\n"
-        "     s(torch.zeros(1, 2, 8, 256)), s(torch.zeros(1, 2, 8, 16, dtype=torch.float64)), s(torch.zeros(2, 8, 16))]\n"
+        "     s(torch.zeros(1, 2, 8, 256)), s(torch.zeros(1, 2, 8, 16, dtype=torch.float64)), s(torch.zeros(2, 8, 16)),\n"
+        "     s(torch.zeros(1, 2, 8, 16), AttentionBias(dense=torch.zeros(8, 8))),\n"
+        "     s(torch.zeros(1, 2, 8, 16), AttentionBias(q_grid=(2, 4), k_grid=(1, 2), slopes=torch.ones(2)))]\n"
         "print('@@', *r)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], env=_subprocess_env(INTERP_ENV), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("@@", 1)[1].split() == ["True", "True", "False", "False", "False"], out.stdout
+    assert out.stdout.split("@@", 1)[1].split() == ["True", "True", "False", "False", "False", "False", "False"], out.stdout
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,7 +322,7 @@ class TestGPU:
         scale = d**-0.5
         out = self.T.fused_attention(q, k, v, scale, (rh, rw), grid, slopes, dist, blocks=blocks)
         q32, k32, v32 = (t.detach().float().requires_grad_(True) for t in (q, k, v))
-        ref = A._attend_reference(q32, k32, v32, scale, (rh, rw), grid, slopes, dist, None, 0)
+        ref = A.attend_reference(q32, k32, v32, scale, A.AttentionBias((rh, rw), grid, slopes=slopes, dist=dist))
         assert _rel_err(out, ref) < tol
         if backward:
             go = torch.randn(out.shape, device=dev, generator=g)
@@ -344,7 +351,7 @@ class TestGPU:
         from basam import attention as A
 
         q = torch.randn(1, 2, 64, 64, device="cuda", dtype=torch.bfloat16)
-        assert A._pick_backend("auto", q) is self.T.triton_attend
+        assert A._pick_backend("auto", q, q, q) is self.T.triton_attend
 
 
 if __name__ == "__main__":

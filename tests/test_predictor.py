@@ -60,3 +60,72 @@ def test_cli_zero_area_box_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "zero area" in err
     assert not (tmp_path / "m.png").exists()
+
+
+# --- the single-mask default of a model whose single-mask token is untrained (#15) -----------------
+
+def _shapes_image():
+    from pathlib import Path
+
+    from basam.io import read_image
+
+    return read_image(Path(__file__).resolve().parents[1] / "examples" / "shapes.png")
+
+
+def test_basam_tiny_single_mask_is_its_best_trained_candidate(recwarn):
+    """basam_tiny's metadata says only its multimask outputs are trained: multimask_output=False (and
+    every box prompt) gives the best-scoring multimask candidate, with one note, instead of the
+    untrained single-mask token's near-full-image mask."""
+    import warnings
+
+    from basam.errors import BasamNote
+
+    model = basam.load_model("basam_tiny")
+    assert model.trained_outputs == "multimask"
+    pred = basam.Predictor(model)
+    pred.set_image(_shapes_image())
+    box = np.array([100, 100, 500, 400])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        single, s_score, s_low = pred.predict(box=box, multimask_output=False)
+        again, _, _ = pred.predict(point_coords=np.array([[300, 250]]), point_labels=np.array([1]), multimask_output=False)
+    notes = [w for w in caught if issubclass(w.category, BasamNote)]
+    assert len(notes) == 1 and "multimask outputs only" in str(notes[0].message)
+    multi, m_scores, m_low = pred.predict(box=box, multimask_output=True)
+    best = int(np.argmax(m_scores))
+    assert single.shape == (1,) + single.shape[1:] and s_score.shape == (1,)
+    assert np.array_equal(single[0], multi[best]) and np.isclose(s_score[0], m_scores[best])
+    assert np.allclose(s_low[0], m_low[best])
+    # the untrained token's mask, as the model's raw output, is what the rule avoids
+    model.trained_outputs = "all"
+    raw, raw_score, _ = pred.predict(box=box, multimask_output=False)
+    assert raw.mean() > 0.9 and single.mean() < raw.mean()
+
+
+def test_trained_outputs_round_trip_through_save_model(tmp_path):
+    from basam.checkpoint import read_metadata, save_model
+
+    model = basam.load_model("basam_tiny")
+    path = save_model(model, tmp_path / "t.safetensors")
+    assert read_metadata(path)["trained_outputs"] == "multimask"
+    assert basam.load_model("basam_tiny", checkpoint=path).trained_outputs == "multimask"
+    model.trained_outputs = "all"
+    path = save_model(model, tmp_path / "u.safetensors")
+    assert "trained_outputs" not in read_metadata(path)
+    assert basam.load_model("basam_tiny", checkpoint=path).trained_outputs == "all"
+
+
+def test_cli_segment_box_with_basam_tiny_gives_a_trained_mask(tmp_path, capsys):
+    from pathlib import Path
+
+    from PIL import Image
+
+    from basam.cli import main
+
+    image = Path(__file__).resolve().parents[1] / "examples" / "shapes.png"
+    out = tmp_path / "m.png"
+    assert main(["segment", str(image), "--model", "basam_tiny", "--box", "100,100,500,400", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("basam: note:") == 1 and "multimask outputs only" in err
+    mask = np.asarray(Image.open(out)) > 0
+    assert 0.001 < mask.mean() < 0.9

@@ -488,3 +488,120 @@ def test_initial_checkpoint_with_untrained_slopes_starts_from_beta(tmp_path, dat
     assert slopes
     for v in slopes.values():
         assert torch.allclose(v, alibi_slopes(v.numel(), 0.1), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Output errors, resume spellings, resume from nothing, the loop's parts
+
+
+def _one_error(capsys) -> str:
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("basam: error:") and "Traceback" not in err[0], err
+    return err[0]
+
+
+def _full_disk_for(monkeypatch, match: str):
+    """os.fsync fails with ENOSPC for files whose path contains ``match`` (a full disk)."""
+    import errno
+
+    real = os.fsync
+
+    def fsync(fd):
+        try:
+            where = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            where = ""
+        if match in where:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
+def test_out_errors_are_one_line_and_leave_no_half_checkpoint(tmp_path, data, capsys, monkeypatch):
+    def argv(out):
+        return ["train", *_flags(_cfg(out, data[:1], steps=1, batch_size=1))]
+
+    (tmp_path / "taken").write_text("keep me")
+    assert main(argv(tmp_path / "taken")) == 2
+    assert "is a file, not a folder" in _one_error(capsys) and (tmp_path / "taken").read_text() == "keep me"
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if Path(p) == ro else real_access(p, mode, **k))
+    assert main(argv(ro / "out")) == 2  # (root passes os.access everywhere: simulated)
+    assert "is not writable" in _one_error(capsys) and list(ro.iterdir()) == []
+    monkeypatch.undo()
+    _full_disk_for(monkeypatch, "/checkpoints/")  # the disk fills up while the checkpoint is written
+    assert main(argv(tmp_path / "full")) == 2
+    assert "No space left on device" in _one_error(capsys)
+    ckpts = tmp_path / "full" / "checkpoints"
+    assert list(ckpts.iterdir()) == []  # no step folder, no temp folder, no `latest`
+    assert all(line.endswith("}") for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines())
+
+
+def test_log_jsonl_keeps_only_whole_lines_on_a_full_disk(tmp_path):
+    import errno
+
+    from basam.train.trainer import RunLog
+
+    log = RunLog(tmp_path, True, False, 0)
+    log.write({"step": 1, "loss": 0.5})
+
+    class FullDisk:
+        """Writes half the line to the real file, then the disk is full."""
+
+        def __init__(self, f):
+            self.f = f
+
+        def fileno(self):
+            return self.f.fileno()
+
+        def write(self, text):
+            self.f.write(text[: len(text) // 2])
+            self.f.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            self.f.close()
+
+    log.f = FullDisk(log.f)
+    with pytest.raises(Exception) as ei:
+        log.write({"step": 2, "loss": 0.25})
+    assert type(ei.value).__name__ == "InputError" and "No space left on device" in str(ei.value)
+    assert _log(tmp_path) == [{"step": 1, "loss": 0.5}]
+    log.close()
+
+
+def test_resume_accepts_the_data_folder_given_relatively(tmp_path, data, monkeypatch):
+    common = dict(steps=2, batch_size=1, save_every=1)
+    assert run(_cfg(tmp_path / "out", data[:1], stop_at=1, **common))["step"] == 1
+    monkeypatch.chdir(data[0].parent)
+    relative = _cfg(tmp_path / "out", [Path(".") / data[0].name], resume=True, **common)
+    assert relative.data == [str(Path(".") / data[0].name)]
+    assert run(relative)["step"] == 2  # the same folder: resumed, not refused
+    with pytest.raises(Exception, match=r"other settings \(data\)"):
+        run(_cfg(tmp_path / "out", [Path(".") / data[0].name, data[1]], resume=True, **{**common, "steps": 3}))
+
+
+def test_resume_with_nothing_to_resume_says_so_once(tmp_path, data, capsys):
+    assert run(_cfg(tmp_path / "new", data[:1], steps=1, batch_size=1, resume=True))["step"] == 1
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if "--resume" in ln]
+    assert len(notes) == 1 and "starting from step 0" in notes[0] and str(tmp_path / "new") in notes[0]
+    main(["train", "--help"])
+    assert "say so once on stderr and start from step 0" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_loop_is_in_parts_and_dead_code_is_gone():
+    import inspect
+
+    from basam.train import data as train_data
+    from basam.train import trainer
+
+    assert not hasattr(train_data, "prompt_signature")  # unused duplicate of trainer._signature
+    parts = trainer._Training
+    for name in ("save", "validation", "step", "log_step", "train"):
+        assert callable(getattr(parts, name)), name
+    assert len(inspect.getsource(trainer._run).splitlines()) <= 3
+    assert max(len(inspect.getsource(getattr(parts, n)).splitlines()) for n in ("step", "log_step", "train", "save")) < 60

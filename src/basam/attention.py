@@ -34,6 +34,7 @@ from .attention_config import BACKENDS, DISTANCES, NSF_COUNTS, PRESETS, Attentio
 from .errors import InputError
 
 __all__ = [
+    "AttentionBias",
     "PRESETS",
     "DISTANCES",
     "AttentionConfig",
@@ -148,19 +149,25 @@ def set_attention(model: nn.Module, config: "AttentionConfig | str", reset_slope
 
 
 from .attention_backends import (  # noqa: E402 - re-exported: models and tests use these names from here
-    _SCRATCH, _attend_reference, _attend_sdpa, _bias_chunk, _needs_grad, _rel_pos_terms, bias_scratch, distance_matrix, grid_coords,
+    _SCRATCH, NO_BIAS, AttentionBias, _attend_reference, _attend_sdpa, _bias_chunk, _needs_grad, _rel_pos_terms,
+    attend_reference, attend_sdpa, bias_scratch, builtin_supports, distance_matrix, grid_coords,
 )
 
 
+#: ``fn(q, k, v, scale, bias: AttentionBias, chunk_bytes) -> Tensor``
 AttendFn = Callable[..., Tensor]
-#: name -> (function, predicate(q) telling whether it can run these inputs). A fused GPU kernel
-#: registers here; ``auto`` takes the first registered backend whose predicate accepts.
-_BACKENDS: dict = {"reference": (_attend_reference, None), "sdpa": (_attend_sdpa, None)}
+#: ``supports(q, k, v, bias) -> bool``: whether a backend can run these inputs
+SupportsFn = Callable[[Tensor, Tensor, Tensor, AttentionBias], bool]
+#: name -> (function, supports). A fused GPU kernel registers here; ``auto`` takes the first
+#: preferred backend that supports the call, else ``sdpa``; a named backend that does not support
+#: a call falls back to ``sdpa`` too.
+_BACKENDS: dict = {"reference": (_attend_reference, builtin_supports), "sdpa": (_attend_sdpa, builtin_supports)}
 _AUTO_ORDER: list = []  # fused kernels, fastest first; "sdpa" is the fallback
 
 
-def register_backend(name: str, fn: AttendFn, supports: Callable[[Tensor], bool], prefer: bool = True) -> None:
-    """Register a fused attention backend (same signature as :func:`_attend_sdpa`)."""
+def register_backend(name: str, fn: AttendFn, supports: SupportsFn, prefer: bool = True) -> None:
+    """Register an attention backend: ``fn(q, k, v, scale, bias, chunk_bytes)`` and its predicate
+    ``supports(q, k, v, bias)``; ``prefer``: try it first under ``backend="auto"``."""
     _BACKENDS[name] = (fn, supports)
     if prefer and name not in _AUTO_ORDER:
         _AUTO_ORDER.insert(0, name)
@@ -195,19 +202,25 @@ def backend_names() -> Tuple[str, ...]:
     return tuple(dict.fromkeys((*BACKENDS, *_BACKENDS)))
 
 
-def _pick_backend(name: str, q: Tensor) -> AttendFn:
+def _pick_backend(name: str, q: Tensor, k: Optional[Tensor] = None, v: Optional[Tensor] = None,
+                  bias: AttentionBias = NO_BIAS) -> AttendFn:
+    """The backend function for a call: ``name`` if it supports the call, else ``sdpa``."""
     if name not in ("sdpa", "reference"):
         _probe_fused_backends()
+    k = q if k is None else k
+    v = k if v is None else v
     if name == "auto":
-        for candidate in _AUTO_ORDER:
-            fn, supports = _BACKENDS[candidate]
-            if supports is None or supports(q):
-                return fn
-        return _attend_sdpa
-    try:
-        return _BACKENDS[name][0]
-    except KeyError:
-        raise InputError(f"unknown attention backend {name!r}; available: {', '.join(_BACKENDS)}") from None
+        candidates = list(_AUTO_ORDER)
+    else:
+        if name not in _BACKENDS:
+            raise InputError(f"unknown attention backend {name!r}; available: {', '.join(_BACKENDS)}")
+        candidates = [name]
+    for candidate in candidates + ["sdpa"]:
+        fn, supports = _BACKENDS[candidate]
+        if supports is None or supports(q, k, v, bias):
+            return fn
+    raise InputError("no attention backend supports this call (queries and keys on different grids: "
+                     f"{bias.q_grid} vs {bias.k_grid})")
 
 
 def attend(
@@ -221,6 +234,7 @@ def attend(
     slopes: Optional[Tensor] = None,
     dist: str = "manhattan",
     dense_bias: Optional[Tensor] = None,
+    bias: Optional[AttentionBias] = None,
     backend: str = "auto",
     chunk_bytes: int = 256 * 2**20,
 ) -> Tensor:
@@ -229,21 +243,21 @@ def attend(
     Args:
         q: (B, H, Nq, d) queries. k: (B, H, Nk, d) keys. v: (B, H, Nk, dv) values.
         scale: lambda (from :func:`nsf_scale`).
-        rel_pos: SAM's decomposed relative-position tables already resized to the grid:
-            ``(Rh, Rw)`` of shapes (gh, gh, d) and (gw, gw, d); ``r_ij = q_i.Rh[row_i, row_j] +
-            q_i.Rw[col_i, col_j]`` with the unscaled query.
-        grid: (gh, gw) token grid of a self-attention layer (Nq = Nk = gh*gw, row-major).
-        slopes: (H,) BM-AM head slopes, or None for no distance bias.
-        dist: distance for the BM-AM.
-        dense_bias: extra additive bias broadcastable to (B, H, Nq, Nk) (TinyViT's table).
-        backend: ``auto``, ``sdpa``, ``reference`` or a registered fused kernel.
+        rel_pos, grid, slopes, dist, dense_bias: the bias terms (see :class:`AttentionBias`;
+            ``grid`` is the shared token grid of a self-attention layer, Nq = Nk = gh*gw).
+        bias: the same as one :class:`AttentionBias` (then the five keywords above stay unset);
+            it can also describe queries and keys on different grids.
+        backend: ``auto``, ``sdpa``, ``reference`` or a registered fused kernel; one that does not
+            support the call falls back to ``sdpa``.
     Returns:
         (B, H, Nq, dv) in the dtype of ``v``.
     """
-    if dist not in DISTANCES:
-        raise InputError(f"unknown attention distance {dist!r}")
-    if (rel_pos is not None or slopes is not None) and grid is not None:
-        if grid[0] * grid[1] != q.shape[-2] or q.shape[-2] != k.shape[-2]:
-            raise ValueError(f"grid {grid} does not match {q.shape[-2]} queries / {k.shape[-2]} keys")
-    fn = _pick_backend(backend, q)
-    return fn(q, k, v, scale, rel_pos, grid, slopes, dist, dense_bias, chunk_bytes)
+    if bias is None:
+        bias = AttentionBias(rel_pos=rel_pos, q_grid=grid, slopes=slopes, dist=dist, dense=dense_bias)
+    elif rel_pos is not None or grid is not None or slopes is not None or dense_bias is not None:
+        raise ValueError("pass the bias either as bias=AttentionBias(...) or as keywords, not both")
+    if bias.dist not in DISTANCES:
+        raise InputError(f"unknown attention distance {bias.dist!r}")
+    bias.check(q, k)
+    fn = _pick_backend(backend, q, k, v, bias)
+    return fn(q, k, v, scale, bias, chunk_bytes)

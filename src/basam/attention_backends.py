@@ -2,8 +2,11 @@
 
 :mod:`basam.attention` (the one entry point, :func:`basam.attention.attend`) dispatches to the
 functions here or to a fused kernel (:mod:`basam.kernels`); both import this module and neither
-imports the other's internals, so there is no import circle. Every backend has the signature
-``fn(q, k, v, scale, rel_pos, grid, slopes, dist, dense_bias, chunk_bytes) -> Tensor``.
+imports the other's internals, so there is no import circle.
+
+Every backend is ``fn(q, k, v, scale, bias: AttentionBias, chunk_bytes) -> Tensor`` with a
+predicate ``supports(q, k, v, bias) -> bool``; the dispatcher (:func:`basam.attention.attend`)
+asks the predicates and falls back to ``sdpa``.
 """
 
 from __future__ import annotations
@@ -11,13 +14,83 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["grid_coords", "distance_matrix", "bias_scratch", "attend_reference", "attend_sdpa", "needs_grad"]
+__all__ = ["AttentionBias", "NO_BIAS", "grid_coords", "distance_matrix", "bias_scratch", "attend_reference", "attend_sdpa",
+           "builtin_supports", "needs_grad"]
+
+
+@dataclass(frozen=True, eq=False)
+class AttentionBias:
+    """Everything added to the scaled logits of one attention call, described (not built).
+
+    ``s_ij = scale * q_i.k_j + r_ij - slope_h * dist(p_i, p_j) + dense_ij``.
+
+    Attributes:
+        rel_pos: SAM's decomposed relative-position tables resized to the grids, ``(Rh, Rw)`` of
+            shapes (gh_q, gh_k, d) and (gw_q, gw_k, d); ``r_ij = q_i.Rh[row_i, row_j] +
+            q_i.Rw[col_i, col_j]`` with the unscaled query.
+        q_grid: (gh, gw) token grid of the queries (row-major), needed for rel_pos / slopes.
+        k_grid: the keys' grid; None: the same as ``q_grid`` (self-attention). A different one
+            (keys pooled to a coarser grid, as in hierarchical encoders) is described here so that
+            a backend can say whether it supports it; the built-in backends do not.
+        slopes: (H,) BM-AM head slopes, or None for no distance bias.
+        dist: ``manhattan``, ``euclidean`` or ``flat`` (the BM-AM distance).
+        dense: an extra additive bias broadcastable to (B, H, Nq, Nk) (TinyViT's table).
+    """
+
+    rel_pos: Optional[Tuple[Tensor, Tensor]] = None
+    q_grid: Optional[Tuple[int, int]] = None
+    k_grid: Optional[Tuple[int, int]] = None
+    slopes: Optional[Tensor] = None
+    dist: str = "manhattan"
+    dense: Optional[Tensor] = None
+
+    def __post_init__(self) -> None:
+        if self.q_grid is not None:
+            object.__setattr__(self, "q_grid", tuple(int(x) for x in self.q_grid))
+            object.__setattr__(self, "k_grid", self.q_grid if self.k_grid is None else tuple(int(x) for x in self.k_grid))
+
+    @property
+    def grid(self) -> Optional[Tuple[int, int]]:
+        """The shared grid of a self-attention layer (None without grid terms)."""
+        return self.q_grid
+
+    @property
+    def pooled(self) -> bool:
+        """Queries and keys on different grids."""
+        return self.q_grid is not None and self.k_grid != self.q_grid
+
+    @property
+    def has_grid_terms(self) -> bool:
+        return self.rel_pos is not None or self.slopes is not None
+
+    @property
+    def empty(self) -> bool:
+        return not self.has_grid_terms and self.dense is None
+
+    def check(self, q: Tensor, k: Tensor) -> None:
+        """ValueError if the grids do not cover the queries and keys."""
+        if self.has_grid_terms:
+            if self.q_grid is None:
+                raise ValueError("relative positions or a distance bias need the token grid")
+            nq, nk = self.q_grid[0] * self.q_grid[1], self.k_grid[0] * self.k_grid[1]
+            if nq != q.shape[-2] or nk != k.shape[-2]:
+                raise ValueError(f"grids {self.q_grid} / {self.k_grid} do not match {q.shape[-2]} queries / "
+                                 f"{k.shape[-2]} keys")
+
+
+NO_BIAS = AttentionBias()
+
+
+def builtin_supports(q: Tensor, k: Tensor, v: Tensor, bias: AttentionBias) -> bool:
+    """The reference and sdpa backends take every bias on one shared grid."""
+    return not bias.pooled
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,11 +218,11 @@ def _bias_chunk(
     return bias
 
 
-def _attend_reference(q, k, v, scale, rel_pos, grid, slopes, dist, dense_bias, chunk_bytes):
+def _attend_reference(q, k, v, scale: float, bias: AttentionBias = NO_BIAS, chunk_bytes: int = 0):
     """Explicit fp32 softmax over the full N x N logits. For checking, not for speed."""
     n = q.shape[-2]
     logits = scale * (q.float() @ k.float().transpose(-2, -1))
-    bias = _bias_chunk(q, slice(0, n), rel_pos, grid, slopes, dist, dense_bias, k.shape[-2])
+    bias = _bias_chunk(q, slice(0, n), bias.rel_pos, bias.grid, bias.slopes, bias.dist, bias.dense, k.shape[-2])
     if bias is not None:
         logits = logits + bias
     return (logits.softmax(dim=-1) @ v.float()).to(v.dtype)
@@ -185,9 +258,10 @@ def _scratch(numel: int, device: torch.device, scope: Optional[dict]) -> Tensor:
     return buf
 
 
-def _attend_sdpa(q, k, v, scale, rel_pos, grid, slopes, dist, dense_bias, chunk_bytes):
+def _attend_sdpa(q, k, v, scale: float, bias: AttentionBias = NO_BIAS, chunk_bytes: int = 256 * 2**20):
     """SDPA with the bias built for one chunk of queries at a time (bounded memory)."""
-    has_bias = rel_pos is not None or slopes is not None or dense_bias is not None
+    rel_pos, grid, slopes, dist, dense_bias = bias.rel_pos, bias.grid, bias.slopes, bias.dist, bias.dense
+    has_bias = not bias.empty
     if not has_bias:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     B, H, n_q, _ = q.shape
@@ -209,8 +283,8 @@ def _attend_sdpa(q, k, v, scale, rel_pos, grid, slopes, dist, dense_bias, chunk_
     outs = []
     for start in range(0, n_q, chunk):
         rows = slice(start, min(n_q, start + chunk))
-        bias = _bias_chunk(q, rows, rel_pos, grid, slopes, dist, dense_bias, n_k, out=scratch).to(q.dtype)
-        outs.append(F.scaled_dot_product_attention(q[:, :, rows], k, v, attn_mask=bias, scale=scale))
+        mask = _bias_chunk(q, rows, rel_pos, grid, slopes, dist, dense_bias, n_k, out=scratch).to(q.dtype)
+        outs.append(F.scaled_dot_product_attention(q[:, :, rows], k, v, attn_mask=mask, scale=scale))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 

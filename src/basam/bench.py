@@ -43,19 +43,6 @@ DTYPES = dict(zip(BENCH_DTYPES, (torch.float32, torch.bfloat16, torch.float16)))
 PARTS = BENCH_PARTS
 IMPLS = ("basam", "official")
 
-# registry name -> (official package, its sam_model_registry key)
-_OFFICIAL = {
-    "sam_vit_b": ("segment_anything", "vit_b"),
-    "sam_vit_l": ("segment_anything", "vit_l"),
-    "sam_vit_h": ("segment_anything", "vit_h"),
-    "mobile_sam": ("mobile_sam", "vit_t"),
-    "sam_hq_vit_b": ("segment_anything_hq", "vit_b"),
-    "sam_hq_vit_l": ("segment_anything_hq", "vit_l"),
-    "sam_hq_vit_h": ("segment_anything_hq", "vit_h"),
-    "sam_hq_vit_tiny": ("segment_anything_hq", "vit_tiny"),
-}
-
-
 @dataclass(frozen=True)
 class BenchCase:
     impl: str
@@ -170,20 +157,21 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> Tuple[Optiona
 
 
 def _official_package(model: str):
-    if model not in _OFFICIAL:
-        raise InputError(f"no official implementation is known for {model}; --baseline official takes "
-                         f"{', '.join(_OFFICIAL)}")
-    pkg_name, key = _OFFICIAL[model]
+    """The official package implementing ``model`` (its ModelSpec's oracle) and its registry key."""
+    from .models.registry import MODEL_SPECS, get_spec
+
+    oracle = get_spec(model).oracle
+    if oracle is None:
+        known = ", ".join(n for n, s in MODEL_SPECS.items() if s.oracle is not None)
+        raise InputError(f"no official implementation is known for {model}; --baseline official takes {known}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pkg = __import__(pkg_name)
+            pkg = __import__(oracle.package)
     except ImportError:
-        pip = {"segment_anything": "segment-anything", "mobile_sam": "mobilesam-mirror",
-               "segment_anything_hq": "segment-anything-hq"}[pkg_name]
-        raise InputError(f"--baseline official needs the {pkg_name} package for {model} "
-                         f"(pip install {pip}, or pip install 'basam[bench]')") from None
-    return pkg, key
+        raise InputError(f"--baseline official needs the {oracle.package} package for {model} "
+                         f"(pip install {oracle.pip}, or pip install 'basam[bench]')") from None
+    return pkg, oracle.key
 
 
 def build_official(model: str) -> nn.Module:
@@ -274,18 +262,24 @@ def _predictor_calls(impl: str, sam: nn.Module, image, resolution: int):
     return full, prompt_only
 
 
-def run_case(case: BenchCase, sam: nn.Module, device: torch.device, warmup: int, iters: int, autocast: bool) -> BenchResult:
-    """Measure one case on an already built model (moved to ``device`` and ``dtype`` here)."""
+def run_case(case: BenchCase, sam: nn.Module, device: torch.device, warmup: int, iters: int, autocast: bool,
+             amg_points_per_side: int = 32) -> BenchResult:
+    """Measure one case on an already built model (moved to ``device`` and ``dtype`` here).
+
+    ``amg_points_per_side``: the point grid of part ``amg`` (:mod:`basam.bench_amg`).
+    """
     res = BenchResult(case)
     dtype = DTYPES[case.dtype]
     cast_weights = not autocast
     sam.to(device=device, dtype=dtype if cast_weights else torch.float32)
     res.params_m = count_params(sam.image_encoder if case.part == "encoder" else sam)
-    grid = math.ceil(case.resolution / 16)
-    side = grid * 16
+    stride = getattr(sam.image_encoder, "stride", 16)  # the official encoders: 16 px per token
+    grid = math.ceil(case.resolution / stride)
+    side = grid * stride
     if case.impl == "official":
-        if case.part == "predictor" and case.resolution != sam.image_encoder.img_size:
-            res.status = f"unsupported: the official predictor runs at {sam.image_encoder.img_size} px only"
+        if case.part in ("predictor", "amg") and case.resolution != sam.image_encoder.img_size:
+            what = "predictor" if case.part == "predictor" else "mask generator"
+            res.status = f"unsupported: the official {what} runs at {sam.image_encoder.img_size} px only"
             return res
         resample_official_pos_embed(sam.image_encoder, grid)
     if case.cuda_graph:
@@ -296,12 +290,16 @@ def run_case(case: BenchCase, sam: nn.Module, device: torch.device, warmup: int,
     compiled = None
     if case.compile:
         compiled = torch.compile(sam.image_encoder)
-        if case.part == "predictor":
+        if case.part in ("predictor", "amg"):
             sam.image_encoder = compiled  # type: ignore[assignment]
     ctx = _autocast(device, dtype, autocast)
     try:
         with ctx:
-            if case.part == "encoder":
+            if case.part == "amg":
+                from .bench_amg import time_amg
+
+                times = time_amg(res, sam, device, warmup, iters, amg_points_per_side)
+            elif case.part == "encoder":
                 g = torch.Generator(device="cpu").manual_seed(0)
                 x = torch.randn(case.batch, 3, side, side, generator=g).to(device=device, dtype=dtype if cast_weights else torch.float32)
                 fn = _encoder_call(case.impl, sam, x, compiled)
@@ -358,8 +356,12 @@ def run_bench(
     checkpoint: Optional[str] = None,
     progress: bool = True,
     on_result: Optional[Callable[[BenchResult], None]] = None,
+    amg_points_per_side: int = 32,
 ) -> List[BenchResult]:
-    """Run every case; models are built once per (impl, model, preset) and reused across sizes."""
+    """Run every case; models are built once per (impl, model, preset) and reused across sizes.
+
+    ``amg_points_per_side``: the point grid of part ``amg`` (both generators).
+    """
     from tqdm import tqdm
 
     device = torch.device(device)
@@ -369,6 +371,8 @@ def run_bench(
     for p in parts:
         if p not in PARTS:
             raise InputError(f"unknown part {p!r}; choose from {', '.join(PARTS)}")
+    if isinstance(amg_points_per_side, bool) or not isinstance(amg_points_per_side, int) or amg_points_per_side < 1:
+        raise InputError(f"the amg point grid must be a positive integer per side, got {amg_points_per_side!r}")
     if baseline not in (None, "official"):
         raise InputError(f"unknown baseline {baseline!r}; the only baseline is 'official'")
     if baseline and checkpoint:
@@ -400,7 +404,7 @@ def run_bench(
                 torch.manual_seed(0)
                 sd = build_official(case.model).state_dict()
             sam = build_basam(case.model, case.preset, state_dict=sd, checkpoint=checkpoint)
-        result = run_case(case, sam, device, warmup, iters, autocast)
+        result = run_case(case, sam, device, warmup, iters, autocast, amg_points_per_side)
         del sam, sd
         gc.collect()
         results.append(result)

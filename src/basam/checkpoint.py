@@ -1,15 +1,19 @@
 """Reading, adapting, strictly loading and saving model weights.
 
 Official files (``sam_vit_b_01ec64.pth``, ``mobile_sam.pt``, ``sam_hq_vit_l.pth``, ...) are read
-with ``torch.load(..., weights_only=True)`` (never unpickled as code) and loaded as they are: a
-small filter drops what basam does not build (TinyViT's unused ImageNet classifier), and any other
-mismatch fails with the offending keys named. basam's own saves are safetensors.
+with ``torch.load(..., weights_only=True)`` (never unpickled as code) and loaded as they are: the
+model family's checkpoint filter (:mod:`basam.models.family`) adapts what differs (TinyViT drops
+its unused ImageNet classifier), and any other mismatch fails with the offending keys named.
+basam's own saves are safetensors.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
@@ -25,8 +29,6 @@ __all__ = ["read_state_dict", "adapt_state_dict", "load_weights", "identify_chec
 
 # Parameters basam adds that official checkpoints cannot have: filled from the config instead.
 _BASAM_ONLY_SUFFIXES = (".bam.slopes",)
-# Official keys basam does not build: TinyViT's ImageNet classifier, unused by SAM.
-_DROPPED_PREFIXES = ("image_encoder.head.", "image_encoder.norm_head.")
 _WRAPPER_KEYS = ("model", "state_dict", "module")
 
 
@@ -51,6 +53,14 @@ def read_state_dict(path: "str | os.PathLike[str]") -> Dict[str, Tensor]:
             sd = torch.load(str(p), map_location="cpu", weights_only=True)
     except MemoryError:
         raise
+    except pickle.UnpicklingError as e:
+        # torch's own text suggests weights_only=False; basam never unpickles code from a file.
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"refused checkpoint {p}: it holds pickled Python objects beyond tensors{what}, and basam never "
+            "unpickles code from a file; save the weights alone (torch.save(model.state_dict(), path)) or as safetensors"
+        ) from None
     except Exception as e:  # noqa: BLE001 - torch/safetensors raise many types for a bad file
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if len(reason) > 160:
@@ -67,31 +77,62 @@ def read_state_dict(path: "str | os.PathLike[str]") -> Dict[str, Tensor]:
     return dict(sd)
 
 
-def adapt_state_dict(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    """Map an official (or DDP-wrapped) state dict onto basam's parameter names."""
-    out: Dict[str, Tensor] = {}
-    for k, v in sd.items():
-        if k.startswith("module."):
-            k = k[len("module.") :]
-        if k.startswith(_DROPPED_PREFIXES):
-            continue
-        out[k] = v
-    return out
+def adapt_state_dict(sd: Mapping[str, Tensor], family=None) -> Dict[str, Tensor]:
+    """Map an official (or DDP-wrapped) state dict onto basam's parameter names.
+
+    ``family``: the :class:`~basam.models.family.ModelFamily` whose checkpoint filter applies
+    (``family_of(spec.encoder)``); None: only the DDP ``module.`` prefix is removed.
+    """
+    out = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    return family.filter_checkpoint(out) if family is not None else out
+
+
+def _family_of_model(model: nn.Module):
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        return None
+    from .models.family import family_of
+
+    return family_of(spec.encoder)
+
+
+@functools.lru_cache(maxsize=None)
+def _expected_shapes(spec) -> Dict[str, tuple]:
+    """Parameter names and shapes of a registered variant, built on the meta device (no memory)."""
+    from .models.registry import build_sam
+
+    with torch.device("meta"):
+        model = build_sam(spec)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def identify_checkpoint(sd: Mapping[str, Tensor]) -> Optional[str]:
-    """Guess the registry name a state dict belongs to, from its keys and shapes (or None)."""
-    sd = adapt_state_dict(sd)
-    hq = any(k.startswith("mask_decoder.hf_token") for k in sd)
-    if "image_encoder.patch_embed.proj.weight" in sd:
-        dim = sd["image_encoder.patch_embed.proj.weight"].shape[0]
-        size = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}.get(dim)
-        if size is None:
-            return None
-        return f"sam_hq_{size}" if hq else f"sam_{size}"
-    if "image_encoder.patch_embed.seq.0.c.weight" in sd:
-        return "sam_hq_vit_tiny" if hq else "mobile_sam"
-    return None
+    """Guess the registry name a state dict belongs to, or None.
+
+    Every registered variant is built on the meta device (no memory) and compared, after its
+    family's checkpoint filter, by how many of the file's tensors it has under the same name and
+    shape (ties: the variant with fewer parameters the file lacks). More than half of the file's
+    tensors must fit. Generic, so a new family is recognised without code here; a reduced or
+    partial file still points at the variant it came from.
+    """
+    from .models.family import family_of
+    from .models.registry import MODEL_SPECS
+
+    best, best_score = None, None
+    for name, spec in MODEL_SPECS.items():
+        candidate = adapt_state_dict(sd, family_of(spec.encoder))
+        try:
+            expected = _expected_shapes(spec)
+        except Exception:  # noqa: BLE001 - a plug-in that cannot build on the meta device: skip it
+            continue
+        fit = sum(1 for k, v in candidate.items() if expected.get(k) == tuple(v.shape))
+        lacking = sum(1 for k in expected if k not in candidate and not k.endswith(_BASAM_ONLY_SUFFIXES))
+        if 2 * fit <= len(candidate):
+            continue
+        score = (fit, -lacking)
+        if best_score is None or score > best_score:
+            best, best_score = name, score
+    return best
 
 
 def _short_list(keys: List[str], n: int = 4) -> str:
@@ -107,7 +148,7 @@ def load_weights(model: nn.Module, sd: Mapping[str, Tensor], source: str = "chec
     values the attention config gave them. On a mismatch raises :class:`CheckpointError` naming the
     missing, unexpected and mis-shaped keys and, where it can tell, which model the file is for.
     """
-    sd = adapt_state_dict(sd)
+    sd = adapt_state_dict(sd, _family_of_model(model))
     own = model.state_dict()
     missing = [k for k in own if k not in sd and not k.endswith(_BASAM_ONLY_SUFFIXES)]
     unexpected = [k for k in sd if k not in own]
@@ -138,6 +179,9 @@ def save_model(model: nn.Module, path: "str | os.PathLike[str]", metadata: Optio
     cfg = getattr(model, "attention_config", None)
     if cfg is not None:
         meta["attention"] = json.dumps(cfg.__dict__)
+    trained = getattr(model, "trained_outputs", "all")
+    if trained != "all":
+        meta["trained_outputs"] = trained
     meta.update(metadata or {})
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     p.parent.mkdir(parents=True, exist_ok=True)

@@ -11,4 +11,4 @@ HQ_FUSIONS = ("independent", "add", "product")
 
 #: ``basam bench``: the dtypes it can time (names; torch dtypes in basam.bench) and the parts it times
 BENCH_DTYPES = ("fp32", "bf16", "fp16")
-BENCH_PARTS = ("encoder", "predictor")
+BENCH_PARTS = ("encoder", "predictor", "amg")

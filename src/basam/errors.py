@@ -17,6 +17,10 @@ class CheckpointError(BasamError):
     """A checkpoint that cannot be used: missing, truncated, of another model, or not downloadable."""
 
 
+class BasamNote(UserWarning):
+    """Something the user should know once (not an error): the CLI prints it as ``note: ...``."""
+
+
 def one_line(text: object) -> str:
     """A message on one line (user-facing error messages are one line by contract; make sure of it)."""
     return " ".join(line.strip() for line in str(text).splitlines() if line.strip())

@@ -14,7 +14,17 @@ Output folder (``--out``)::
     plot_<dataset>.png     each metric against resolution, one line per preset
 
 Resuming: rerun with the same ``--out``; finished records are kept (a line cut short by a kill is
-dropped) and only the rest is computed, so the result is identical to an uninterrupted run.
+dropped) and only the rest is computed, so the result is identical to an uninterrupted run. The
+settings are compared with data folders and the checkpoint as resolved paths, so ``DUTS-TE/`` and
+``/data/DUTS-TE`` are the same run.
+
+Skipped pairs (an image without its mask or the reverse, a mask of another size, a file that
+cannot be read) are never dropped silently: each one is listed with its reason, and counted, in
+``summary.md`` (which the command prints), ``summary.json`` and ``per_image.csv``.
+
+Output errors (``--out`` a file, a folder that cannot be written, a full disk) are one-line
+:class:`~basam.errors.InputError`\ s; records are appended whole lines or not at all, and the
+reports are replaced all together or not at all.
 More than one process: ``torchrun --nproc_per_node K -m basam.evaluate ...`` shards the images
 (image i goes to rank i mod K) and rank 0 writes the summary from every rank's records.
 """
@@ -110,12 +120,19 @@ def read_records(out: Path) -> Dict[tuple, dict]:
 
 
 class RecordWriter:
-    """Appends records to this rank's JSONL, one flushed + fsynced line each."""
+    """Appends records to this rank's JSONL, one flushed + fsynced line each.
+
+    A write the file system refuses (disk full, read-only) is cut back to the previous line end
+    and raised as a one-line :class:`InputError`: the file never holds half a record.
+    """
 
     def __init__(self, out: Path, rank: int) -> None:
         self.path = out / f"records.rank{rank}.jsonl"
-        self._repair()
-        self.f = open(self.path, "a", encoding="utf-8")
+        try:
+            self._repair()
+            self.f = open(self.path, "a", encoding="utf-8")
+        except OSError as e:
+            raise InputError(f"cannot write {self.path}: {_os_text(e)}") from None
 
     def _repair(self) -> None:
         # A kill mid-write leaves a partial last line: cut it so the next append starts clean.
@@ -128,12 +145,64 @@ class RecordWriter:
                 f.write(keep)
 
     def write(self, rec: dict) -> None:
-        self.f.write(json.dumps(rec, sort_keys=True) + "\n")
-        self.f.flush()
-        os.fsync(self.f.fileno())
+        line = json.dumps(rec, sort_keys=True) + "\n"
+        start = os.fstat(self.f.fileno()).st_size  # every earlier line is flushed
+        try:
+            self.f.write(line)
+            self.f.flush()
+            os.fsync(self.f.fileno())
+        except OSError as e:
+            self._cut(start)
+            raise InputError(f"cannot write {self.path}: {_os_text(e)}") from None
+
+    def _cut(self, size: int) -> None:
+        """Drop what a failed write left after ``size`` bytes (and the text layer's buffer)."""
+        try:
+            self.f.close()
+        except OSError:
+            pass  # the buffer's flush fails again; the file is cut below either way
+        try:
+            os.truncate(self.path, size)
+        except OSError:
+            pass
+        self.f = open(os.devnull, "w", encoding="utf-8")  # close() still works
 
     def close(self) -> None:
         self.f.close()
+
+
+def _os_text(e: OSError) -> str:
+    return e.strerror or " ".join(str(e).split()) or type(e).__name__
+
+
+def _canonical_data(spec: str) -> str:
+    """``PATH[:LAYOUT]`` with PATH resolved (:func:`basam.io.canonical_path`): the same folder
+    given relatively or absolutely is the same run."""
+    from .data.datasets import parse_data_arg
+    from .io import canonical_path
+
+    try:
+        root, layout = parse_data_arg(spec)
+    except InputError:
+        return spec
+    path = str(canonical_path(root))
+    return f"{path}:{layout}" if layout else path
+
+
+def _canonical_checkpoint(path: Optional[str]) -> Optional[str]:
+    from .io import canonical_path
+
+    return None if path is None else str(canonical_path(path))
+
+
+def canonical_key(key: dict) -> dict:
+    """A settings key (``EvalSettings.key()`` or a ``config.json``) with paths resolved."""
+    out = dict(key)
+    if isinstance(out.get("data"), list):
+        out["data"] = [_canonical_data(d) if isinstance(d, str) else d for d in out["data"]]
+    if isinstance(out.get("checkpoint"), str):
+        out["checkpoint"] = _canonical_checkpoint(out["checkpoint"])
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,6 +251,9 @@ def run(settings: EvalSettings, out: Path, device: str = "cpu", progress: bool =
     names = [d.name for d in datasets]
     if len(set(names)) != len(names):
         raise InputError(f"two datasets share a name ({', '.join(names)}); give them distinct folders")
+    from .io import check_writable_dir
+
+    check_writable_dir(out, "--out")  # a file, or a folder that cannot be written: before the model loads
     overrides = {k: getattr(settings, k) for k in ("beta", "dist", "nsf_count") if getattr(settings, k) is not None}
     if settings.decoder_nsf:
         overrides["decoder_nsf"] = True
@@ -189,7 +261,10 @@ def run(settings: EvalSettings, out: Path, device: str = "cpu", progress: bool =
     # fusion; the variants below switch NSF / BM-AM on and off without resetting the slopes.
     model = load_model(settings.model, checkpoint=settings.checkpoint, attention=None, device=device, hq_fusion=settings.hq_fusion,
                        architecture=settings.architecture, progress=dist.main and progress, **overrides)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create --out {out}: {_os_text(e)}") from None
     _check_config(out, settings, dist)
     if settings.hq_token_only and not model.is_hq:
         raise InputError(f"--hq-token-only applies to HQ-SAM models (sam_hq_*), not {settings.model}")
@@ -254,13 +329,18 @@ def _check_config(out: Path, settings: EvalSettings, dist: Dist) -> None:
             old = json.loads(path.read_text())
         except json.JSONDecodeError:
             raise InputError(f"{path} is not valid JSON; remove it or choose another --out") from None
-        if old != settings.key():
-            diff = sorted(k for k in set(old) | set(settings.key()) if old.get(k) != settings.key().get(k))
+        except OSError as e:
+            raise InputError(f"cannot read {path}: {_os_text(e)}") from None
+        old = canonical_key(old) if isinstance(old, dict) else {}
+        new = canonical_key(settings.key())
+        if old != new:
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise InputError(f"{out} holds a run with other settings ({', '.join(diff)}); choose another --out")
     elif dist.main:
         from .io import atomic_write
 
-        atomic_write(path, lambda f: f.write(json.dumps(settings.key(), indent=2, sort_keys=True).encode()))
+        key = canonical_key(settings.key())
+        atomic_write(path, lambda f: f.write(json.dumps(key, indent=2, sort_keys=True).encode()))
     dist.barrier()
 
 
@@ -268,15 +348,26 @@ def _check_config(out: Path, settings: EvalSettings, dist: Dist) -> None:
 # Reports
 
 
-def summarize_records(records: Iterable[dict], settings: EvalSettings, dataset_names: Sequence[str]) -> dict:
-    """{dataset: {"rows": [{attention, resolution, n, metric...}], "delta": [...], "skipped": n}}."""
+def summarize_records(records: Iterable[dict], settings: EvalSettings, dataset_names: Sequence[str],
+                      scanned_skips: Optional[Dict[str, Sequence[Tuple[str, str]]]] = None) -> dict:
+    """{dataset: {"rows": [{attention, resolution, n, metric...}], "delta": [...], "skipped": n,
+    "skipped_pairs": [[file, reason], ...]}}.
+
+    ``skipped_pairs`` lists every pair left out: those the dataset scan left out
+    (``scanned_skips``: an image without a mask, a mask without an image, sizes that differ in the
+    headers, ...) and those that failed to load (a corrupt file), once each, sorted; ``skipped`` is
+    their count.
+    """
     from .metrics import summarize
 
     groups: Dict[tuple, list] = {}
-    skipped: Dict[str, set] = {}
+    skipped: Dict[str, Dict[str, str]] = {}
+    for name, pairs in (scanned_skips or {}).items():
+        for file, reason in pairs:
+            skipped.setdefault(name, {})[file] = reason
     for rec in records:
         if "skipped" in rec:
-            skipped.setdefault(rec["dataset"], set()).add(rec["image"])
+            skipped.setdefault(rec["dataset"], {}).setdefault(rec["image"], rec["skipped"])
             continue
         groups.setdefault((rec["dataset"], rec["attention"], int(rec["resolution"])), []).append(rec)
     result = {}
@@ -294,8 +385,13 @@ def summarize_records(records: Iterable[dict], settings: EvalSettings, dataset_n
             for r in settings.resolutions[1:]:
                 row = next(x for x in rows if x["attention"] == p and x["resolution"] == r)
                 delta.append({"attention": p, "resolution": r, "vs": r0, **{m: row[m] - base[m] for m in METRIC_COLUMNS}})
-        result[name] = {"rows": rows, "delta": delta, "skipped": len(skipped.get(name, ()))}
+        pairs = sorted(skipped.get(name, {}).items())
+        result[name] = {"rows": rows, "delta": delta, "skipped": len(pairs), "skipped_pairs": [list(x) for x in pairs]}
     return result
+
+
+def _one_line_text(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def _fmt(v: float) -> str:
@@ -318,8 +414,9 @@ def _markdown(summary: dict, settings: EvalSettings) -> str:
                       "| attention | resolution | " + " | ".join(METRIC_COLUMNS) + " |", "|---|---|" + "---|" * len(METRIC_COLUMNS)]
             for d in s["delta"]:
                 lines.append(f"| {d['attention']} | {d['resolution']} vs {d['vs']} | " + " | ".join(f"{d[m]:+.4f}" for m in METRIC_COLUMNS) + " |")
-        if s["skipped"]:
-            lines += ["", f"{s['skipped']} image(s) skipped (unreadable or bad mask): see per_image.csv."]
+        if s.get("skipped_pairs"):
+            lines += ["", f"{s['skipped']} pair(s) skipped:", ""]
+            lines += [f"- `{file}`: {_one_line_text(reason)}" for file, reason in s["skipped_pairs"]]
         lines.append("")
     return "\n".join(lines)
 
@@ -333,13 +430,12 @@ def _csv_text(rows: List[dict], columns: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-def _plot(summary_ds: dict, settings: EvalSettings, title: str, path: Path) -> None:
+def _plot(summary_ds: dict, settings: EvalSettings, title: str) -> bytes:
+    """The PNG of each metric against resolution, one line per preset."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .io import atomic_write
 
     cols = 5
     rows_n = math.ceil(len(METRIC_COLUMNS) / cols)
@@ -361,27 +457,36 @@ def _plot(summary_ds: dict, settings: EvalSettings, title: str, path: Path) -> N
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    return buf.getvalue()
 
 
 def write_reports(out: Path, settings: EvalSettings, datasets) -> dict:
-    """Regenerate per_image.csv, summary.{md,csv,json} and the plots from every record in ``out``."""
-    from .io import atomic_write
+    """Regenerate per_image.csv, summary.{md,csv,json} and the plots from every record in ``out``.
+
+    Every file is rendered first, then all are written together (:func:`basam.io.atomic_write_all`):
+    a failure (a full disk) leaves the previous reports as they were.
+    """
+    from .io import atomic_write_all
 
     records = sorted(read_records(out).values(), key=lambda r: (r["dataset"], r["image"], int(r["resolution"]), r["attention"]))
-    summary = summarize_records(records, settings, [d.name for d in datasets])
+    scanned = {d.name: [tuple(x) for x in d.skipped] for d in datasets}
+    summary = summarize_records(records, settings, [d.name for d in datasets], scanned)
     cols = ["dataset", "image", "resolution", "attention", "prompt", "iou_pred", *METRIC_COLUMNS, "seconds", "skipped"]
-    atomic_write(out / "per_image.csv", lambda f: f.write(_csv_text(records, cols).encode()))
+    # Pairs the scan left out have no record (nothing was computed): one row each, with the reason.
+    scan_rows = [{"dataset": name, "image": file, "skipped": reason} for name, pairs in scanned.items() for file, reason in pairs]
+    per_image = sorted(records + scan_rows, key=lambda r: (r["dataset"], r["image"], int(r.get("resolution") or 0), r.get("attention") or ""))
+    files = {"per_image.csv": _csv_text(per_image, cols).encode()}
     flat = [{"dataset": n, **row} for n, s in summary.items() for row in s["rows"]]
     flat += [{"dataset": n, "delta_vs": d["vs"], **{k: v for k, v in d.items() if k != "vs"}} for n, s in summary.items() for d in s["delta"]]
-    atomic_write(out / "summary.csv", lambda f: f.write(_csv_text(flat, ["dataset", "attention", "resolution", "delta_vs", "n", *METRIC_COLUMNS]).encode()))
+    files["summary.csv"] = _csv_text(flat, ["dataset", "attention", "resolution", "delta_vs", "n", *METRIC_COLUMNS]).encode()
     payload = {"settings": settings.key(), "datasets": summary,
-               "scanned_skips": {d.name: [list(x) for x in d.skipped] for d in datasets}}
-    atomic_write(out / "summary.json", lambda f: f.write(json.dumps(payload, indent=2, sort_keys=True).encode()))
-    atomic_write(out / "summary.md", lambda f: f.write(_markdown(summary, settings).encode()))
+               "scanned_skips": {name: [list(x) for x in pairs] for name, pairs in scanned.items()}}
+    files["summary.json"] = json.dumps(payload, indent=2, sort_keys=True).encode()
+    files["summary.md"] = _markdown(summary, settings).encode()
     for name, s in summary.items():
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-        _plot(s, settings, f"{settings.model} on {name} ({settings.prompt} prompt)", out / f"plot_{safe}.png")
+        files[f"plot_{safe}.png"] = _plot(s, settings, f"{settings.model} on {name} ({settings.prompt} prompt)")
+    atomic_write_all([(out / name, (lambda data: lambda f: f.write(data))(data)) for name, data in files.items()])
     return summary
 
 

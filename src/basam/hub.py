@@ -1,18 +1,22 @@
 """Download and cache the official SAM-family checkpoints.
 
 Checkpoints live in ``cache_dir() / "checkpoints"``, where :func:`cache_dir` is ``$BASAM_HOME``
-if set, else ``~/.cache/basam``. Each official file has its SHA-256 pinned in
-:data:`OFFICIAL_CHECKPOINTS`; a download is streamed into a hidden ``.part`` file next to its
-final name, hashed while it streams, and only moved onto the final name (atomically, with
-``os.replace``) once the hash matches. A file that is already cached is verified once; the
-result is remembered in a small ``<file>.sha256`` sidecar keyed on the file's size and
-modification time, so later calls cost a ``stat`` instead of hashing gigabytes again.
+if set, else ``~/.cache/basam``. Each official file has its URL and SHA-256 pinned on its
+:class:`~basam.models.registry.ModelSpec` (``spec.checkpoint``); ``$BASAM_HUB_URL`` replaces the
+download base (mirrors, tests). A download is streamed through :func:`basam.io.atomic_write`
+(a hidden temp file next to its final name, hashed while it streams) and only renamed onto the
+final name once the hash matches. One process downloads a file at a time (a lock file beside it);
+temp files that a killed download left behind are removed by the next one. A file that is
+already cached is verified once; the result is remembered in a small ``<file>.sha256`` sidecar
+keyed on the file's size and modification time, so later calls cost a ``stat`` instead of
+hashing gigabytes again.
 
 Every failure raises :class:`basam.errors.CheckpointError` with a one-line message.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import http.client
 import json
@@ -21,17 +25,20 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
 from tqdm import tqdm
 
-from basam.errors import CheckpointError
+from basam.errors import CheckpointError, InputError
+from basam.io.atomic import atomic_write
 
 __all__ = [
     "CheckpointInfo",
     "OFFICIAL_CHECKPOINTS",
+    "official_checkpoints",
     "cache_dir",
     "checkpoints_dir",
     "download_checkpoint",
@@ -56,102 +63,22 @@ class CheckpointInfo:
     source_page: str
 
 
-_SAM_BASE = "https://dl.fbaipublicfiles.com/segment_anything/"
-_SAM_PAGE = "https://github.com/facebookresearch/segment-anything#model-checkpoints"
-_HQ_BASE = "https://huggingface.co/lkeab/hq-sam/resolve/main/"
-_HQ_PAGE = "https://github.com/SysCV/sam-hq#model-checkpoints"
-_MOBILE_PAGE = "https://github.com/ChaoningZhang/MobileSAM"
+def official_checkpoints() -> dict[str, CheckpointInfo]:
+    """{registry name: its official checkpoint}, from the model registry (each ModelSpec carries its own)."""
+    from .models.registry import MODEL_SPECS  # imports torch: only when a download is asked for
 
-# Pinned SHA-256 values, each with the public sources it was taken from (no value here was
-# computed by us; each was found published and cross-checked against a second source).
-OFFICIAL_CHECKPOINTS: dict[str, CheckpointInfo] = {
-    "sam_vit_b": CheckpointInfo(
-        filename="sam_vit_b_01ec64.pth",
-        url=_SAM_BASE + "sam_vit_b_01ec64.pth",
-        # computational-cell-analytics/micro-sam micro_sam/util.py (pooch registry "vit_b",
-        # commit 00006fc6a86d4f6888f7ef333cf070987ffabb51); same sha256 and size 375042383 in
-        # the Hugging Face LFS pointer of huggingface.co/mashb1t/misc commit 78e1813
-        # (sam_vit_b_01ec64.pth).
-        sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-        size_bytes=375_042_383,
-        source_page=_SAM_PAGE,
-    ),
-    "sam_vit_l": CheckpointInfo(
-        filename="sam_vit_l_0b3195.pth",
-        url=_SAM_BASE + "sam_vit_l_0b3195.pth",
-        # computational-cell-analytics/micro-sam micro_sam/util.py (pooch registry "vit_l",
-        # commit 00006fc6a86d4f6888f7ef333cf070987ffabb51); same sha256 and size 1249524607 in
-        # the LFS pointer of huggingface.co/mashb1t/misc commit 78e1813 (sam_vit_l_0b3195.pth).
-        sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-        size_bytes=1_249_524_607,
-        source_page=_SAM_PAGE,
-    ),
-    "sam_vit_h": CheckpointInfo(
-        filename="sam_vit_h_4b8939.pth",
-        url=_SAM_BASE + "sam_vit_h_4b8939.pth",
-        # computational-cell-analytics/micro-sam micro_sam/util.py (pooch registry "vit_h",
-        # commit 00006fc6a86d4f6888f7ef333cf070987ffabb51); also
-        # AlexanderBarabanov/geti-instant-learn lib/src/getiprompt/utils/constants.py
-        # (MODEL_MAP[SAM]); same sha256 and size 2564550879 in the LFS pointer of
-        # huggingface.co/mashb1t/misc commit 78e1813 (sam_vit_h_4b8939.pth).
-        sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-        size_bytes=2_564_550_879,
-        source_page=_SAM_PAGE,
-    ),
-    "mobile_sam": CheckpointInfo(
-        filename="mobile_sam.pt",
-        url="https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
-        # AlexanderBarabanov/geti-instant-learn lib/src/getiprompt/utils/constants.py
-        # (MODEL_MAP[MOBILE_SAM], same GitHub weights/mobile_sam.pt URL); also
-        # computational-cell-analytics/micro-sam micro_sam/util.py (pooch registry "vit_t");
-        # same sha256 and size 40728226 in the LFS pointer of
-        # huggingface.co/xingren23/comfyflow-models commit 8297c11 (sams/mobile_sam.pt).
-        sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
-        size_bytes=40_728_226,
-        source_page=_MOBILE_PAGE,
-    ),
-    "sam_hq_vit_b": CheckpointInfo(
-        filename="sam_hq_vit_b.pth",
-        url=_HQ_BASE + "sam_hq_vit_b.pth",
-        # LFS pointer in huggingface.co/lkeab/hq-sam commit 8a94b5e ("Upload sam_hq_vit_b.pth",
-        # size 379335069); same sha256 on huggingface.co/Uminosachi/sam-hq/blob/main/sam_hq_vit_b.pth
-        # and in huggingface.co/xingren23/comfyflow-models commit 8297c11.
-        sha256="14a9d662cd6f5a9c2dba6d40ab0058d88d287e4a18fd6fdc6ad5fb1a3fdeaa57",
-        size_bytes=379_335_069,
-        source_page=_HQ_PAGE,
-    ),
-    "sam_hq_vit_l": CheckpointInfo(
-        filename="sam_hq_vit_l.pth",
-        url=_HQ_BASE + "sam_hq_vit_l.pth",
-        # LFS pointer in huggingface.co/lkeab/hq-sam commit 519b37f ("Upload sam_hq_vit_l.pth",
-        # size 1254865805); same sha256 on huggingface.co/lkeab/hq-sam/blob/
-        # 09b02a333b37772133eff3997bdba997867374b7/sam_hq_vit_l.pth (a later revision).
-        sha256="e1a6c385d62bf005ded91a54d5ec55c985cfc4103ef89c08d90f39f04934c343",
-        size_bytes=1_254_865_805,
-        source_page=_HQ_PAGE,
-    ),
-    "sam_hq_vit_h": CheckpointInfo(
-        filename="sam_hq_vit_h.pth",
-        url=_HQ_BASE + "sam_hq_vit_h.pth",
-        # LFS pointer in huggingface.co/lkeab/hq-sam commit 67ab824 ("Upload sam_hq_vit_h.pth",
-        # size 2570940653); also AlexanderBarabanov/geti-instant-learn
-        # lib/src/getiprompt/utils/constants.py (MODEL_MAP[SAM_HQ]) and the refiners conversion
-        # recipe for lkeab/hq-sam sam_hq_vit_h.pth (expected_sha256).
-        sha256="a7ac14a085326d9fa6199c8c698c4f0e7280afdbb974d2c4660ec60877b45e35",
-        size_bytes=2_570_940_653,
-        source_page=_HQ_PAGE,
-    ),
-    "sam_hq_vit_tiny": CheckpointInfo(
-        filename="sam_hq_vit_tiny.pth",
-        url=_HQ_BASE + "sam_hq_vit_tiny.pth",
-        # LFS pointer in huggingface.co/lkeab/hq-sam commit a3a77cd ("Upload
-        # sam_hq_vit_tiny.pth", size 42526881); also AlexanderBarabanov/geti-instant-learn
-        # lib/src/getiprompt/utils/constants.py (MODEL_MAP[SAM_HQ_TINY]).
-        sha256="0f32c075ccdd870ae54db2f7630e7a0878ede5a2b06d05d6fe02c65a82fb7196",
-        size_bytes=42_526_881,
-        source_page=_HQ_PAGE,
-    ),
-}
+    return {name: spec.checkpoint for name, spec in MODEL_SPECS.items() if spec.checkpoint is not None}
+
+
+def __getattr__(name: str):
+    if name == "OFFICIAL_CHECKPOINTS":  # the table, as a read-only view derived from the registry
+        return official_checkpoints()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: environment variable: a base URL that replaces every official download location (a mirror,
+#: an air-gapped file server, tests); the file name is appended: ``$BASAM_HUB_URL/<filename>``
+HUB_URL_ENV = "BASAM_HUB_URL"
 
 _CHUNK_BYTES = 1 << 20
 _TIMEOUT_S = 60.0  # per socket operation (connect, each read), not for the whole download
@@ -193,13 +120,17 @@ def download_checkpoint(
     ``name`` is a key of :data:`OFFICIAL_CHECKPOINTS`; ``info`` replaces that table entry (for
     mirrors and tests), in which case ``name`` is only used in messages. A cached file whose
     hash matches the pinned one is returned without touching the network; a cached file whose
-    hash differs is deleted and downloaded again. ``force=True`` always downloads again.
-    ``progress=False`` hides the progress bar and the "downloading" line.
+    hash differs is deleted and downloaded again. ``force=True`` always downloads again (the old
+    file stays until the new one is verified). ``progress=False`` hides the progress bar and the
+    "downloading" line. ``$BASAM_HUB_URL`` (if set) replaces the base URL of every download.
     """
-    entry = info if info is not None else OFFICIAL_CHECKPOINTS.get(name)
+    entry = info if info is not None else official_checkpoints().get(name)
     if entry is None:
-        known = ", ".join(sorted(OFFICIAL_CHECKPOINTS))
+        known = ", ".join(sorted(official_checkpoints()))
         raise CheckpointError(f"unknown checkpoint {name!r}; known names: {known}")
+    base = os.environ.get(HUB_URL_ENV, "").strip()
+    if base:
+        entry = replace(entry, url=base.rstrip("/") + "/" + entry.filename)
 
     directory = checkpoints_dir()
     try:
@@ -211,17 +142,54 @@ def download_checkpoint(
         ) from None
     dest = directory / entry.filename
 
-    if dest.is_file() and not force:
-        if _cached_file_ok(dest, entry):
-            return dest
-        _warn(
-            f"warning: cached {dest} does not match the pinned SHA-256 of {name}; "
-            "deleting it and downloading it again"
-        )
-        _remove_quietly(dest)
-        _remove_quietly(_sidecar(dest))
+    if dest.is_file() and not force and _cached_file_ok(dest, entry):
+        return dest
+    with _download_lock(dest):
+        # Another process may have finished the download while this one waited for the lock.
+        if dest.is_file() and not force:
+            if _cached_file_ok(dest, entry):
+                return dest
+            _warn(
+                f"warning: cached {dest} does not match the pinned SHA-256 of {name}; "
+                "deleting it and downloading it again"
+            )
+            _remove_quietly(dest)
+            _remove_quietly(_sidecar(dest))
+        _remove_stale_partials(dest)
+        # force: the old file stays in place until the new one has been verified and renamed onto it
+        return _download(name, entry, dest, progress=progress)
 
-    return _download(name, entry, dest, progress=progress)
+
+@contextmanager
+def _download_lock(dest: Path):
+    """Hold ``<file>.lock`` beside ``dest`` (POSIX ``flock``; released when the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
+        yield
+        return
+    lock_path = dest.with_name(dest.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise CheckpointError(f"cannot write to the checkpoint cache directory {dest.parent} ({_reason(e)})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _warn(f"waiting for another process that is downloading {dest.name} ...")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _remove_stale_partials(dest: Path) -> None:
+    """Delete temp files of earlier downloads of ``dest`` that were killed before they could clean
+    up (SIGKILL, power loss). Called with the download lock held, so none of them is in use."""
+    for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*"):
+        if stale.name.endswith((".tmp", ".part")) and stale.is_file():
+            _remove_quietly(stale)
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,47 +271,32 @@ def _download(name: str, entry: CheckpointInfo, dest: Path, *, progress: bool) -
             f"or checkpoint=PATH (Python), or place it in {directory}"
         )
 
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{entry.filename}.", suffix=".part", dir=directory)
-    except OSError as e:
-        raise CheckpointError(f"cannot write to the checkpoint cache directory {directory} ({_reason(e)})") from None
-    tmp = Path(tmp_name)
+    result: dict = {}
 
-    try:
-        out = os.fdopen(fd, "wb")
-    except BaseException:
-        os.close(fd)
-        _remove_quietly(tmp)
-        raise
-
-    try:
-        with out:
-            try:
-                response = _open_url(entry.url, _TIMEOUT_S)
-            except urllib.error.HTTPError as e:
-                reason = f"HTTP {e.code} {e.reason}".strip()
-                e.close()
-                raise network_error(reason) from None
-            except urllib.error.URLError as e:
-                raise network_error(_reason(e.reason)) from None
-            except (OSError, http.client.HTTPException, ValueError) as e:
-                raise network_error(_reason(e)) from None
-
-            with response:
-                expected_total = _content_length(response)
-                if progress:
-                    size = expected_total if expected_total is not None else entry.size_bytes
-                    size_text = f" ({size / 1e6:.0f} MB)" if size else ""
-                    _warn(f"downloading {entry.filename}{size_text} from {entry.url} to {directory}")
-                received, digest = _stream(
-                    response, out, total=expected_total, label=entry.filename, where=directory,
-                    show_bar=progress and _isatty(sys.stderr), network_error=network_error,
-                )
-
-        if expected_total is not None and received != expected_total:
-            raise network_error(
-                f"the connection closed after {received} of {expected_total} bytes"
+    def fetch(out: BinaryIO) -> None:
+        # Runs inside atomic_write: any exception removes the temp file and leaves dest as it was.
+        try:
+            response = _open_url(entry.url, _TIMEOUT_S)
+        except urllib.error.HTTPError as e:
+            reason = f"HTTP {e.code} {e.reason}".strip()
+            e.close()
+            raise network_error(reason) from None
+        except urllib.error.URLError as e:
+            raise network_error(_reason(e.reason)) from None
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            raise network_error(_reason(e)) from None
+        with response:
+            expected_total = _content_length(response)
+            if progress:
+                size = expected_total if expected_total is not None else entry.size_bytes
+                size_text = f" ({size / 1e6:.0f} MB)" if size else ""
+                _warn(f"downloading {entry.filename}{size_text} from {entry.url} to {directory}")
+            received, digest = _stream(
+                response, out, total=expected_total, label=entry.filename, where=directory,
+                show_bar=progress and _isatty(sys.stderr), network_error=network_error,
             )
+        if expected_total is not None and received != expected_total:
+            raise network_error(f"the connection closed after {received} of {expected_total} bytes")
         if entry.sha256 is not None:
             if digest != entry.sha256:
                 raise CheckpointError(
@@ -355,11 +308,13 @@ def _download(name: str, entry: CheckpointInfo, dest: Path, *, progress: bool) -
                 f"size mismatch for {entry.filename}: expected {entry.size_bytes} bytes, "
                 f"got {received}; the download was discarded"
             )
-        os.replace(tmp, dest)
-    except BaseException:  # includes KeyboardInterrupt: never leave a .part file behind
-        _remove_quietly(tmp)
-        raise
+        result["digest"] = digest
 
+    try:
+        atomic_write(dest, fetch)
+    except InputError as e:  # the cache directory refused the temp file or the rename
+        raise CheckpointError(f"cannot write to the checkpoint cache directory {directory} ({e})") from None
+    digest = result["digest"]
     _write_sidecar(dest, digest)
     if entry.sha256 is None:
         _warn(

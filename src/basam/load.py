@@ -124,6 +124,9 @@ def load_weights_into(model: Sam, source: "PathLike | Mapping[str, Tensor]", *, 
         meta = read_metadata(path) if meta is None else meta
         sd = read_state_dict(path)
     load_weights(model, sd, source=where, model_name=model_name)
+    # Which decoder outputs the weights were trained for ("all", or "multimask" for a model trained
+    # with one-point prompts only, whose single-mask token is untrained): the predictor follows it.
+    model.trained_outputs = meta.get("trained_outputs", "all")
     recorded = recorded_attention(meta)
     if not (recorded is not None and recorded.trainable_slopes):
         model.set_attention(model.attention_config, reset_slopes=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .constants import MIN_RESOLUTION
-from .errors import InputError
+from .errors import BasamNote, InputError
 from .models.sam import ImageFeatures, Sam
 from .transforms import ResizeLongestSide
 
@@ -184,6 +185,16 @@ class Predictor:
         masks, iou, low_res = self.predict_torch(coords_t, labels_t, box_t, mask_t, multimask_output, return_logits, hq_token_only)
         return masks[0].cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
 
+    def _single_mask_untrained(self) -> bool:
+        """Whether this model's single-mask output is untrained (``model.trained_outputs``); says so once."""
+        if getattr(self.model, "trained_outputs", "all") != "multimask" or self.model.is_hq:
+            return False
+        if not getattr(self.model, "_told_single_mask", False):
+            self.model._told_single_mask = True
+            warnings.warn(f"{self.model.name} was trained for multimask outputs only: a single mask is the best-scoring "
+                          "of its 3 candidates", BasamNote, stacklevel=4)
+        return True
+
     @torch.no_grad()
     def predict_torch(
         self,
@@ -201,13 +212,22 @@ class Predictor:
             point_coords: (B, N, 2); point_labels: (B, N); boxes: (B, 4); mask_input: (B, 1, H', W').
         Returns:
             masks (B, C, H, W), iou predictions (B, C), low-res logits (B, C, 4h, 4w).
+            ``multimask_output=False`` on a model whose single-mask token is untrained
+            (``model.trained_outputs == "multimask"``, basam_tiny) gives the best-scoring
+            multimask candidate (C = 1).
         """
         self._require_image()
         if mask_input is not None:
             expected = self.mask_input_size
             if tuple(mask_input.shape[-2:]) != expected:
                 mask_input = F.interpolate(mask_input.float(), expected, mode="bilinear", align_corners=False)
-        low_res, iou = self.model.decode(self._features, point_coords, point_labels, boxes, mask_input, multimask_output, hq_token_only)
+        best_of_multimask = not multimask_output and self._single_mask_untrained()
+        low_res, iou = self.model.decode(self._features, point_coords, point_labels, boxes, mask_input,
+                                         multimask_output or best_of_multimask, hq_token_only)
+        if best_of_multimask:  # the untrained single-mask token: the best-scoring trained candidate
+            best = iou.argmax(dim=1, keepdim=True)  # (B, 1)
+            iou = iou.gather(1, best)
+            low_res = low_res.gather(1, best[..., None, None].expand(-1, 1, *low_res.shape[-2:]))
         masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size, self._features.input_size)
         if not return_logits:
             masks = masks > self.model.mask_threshold

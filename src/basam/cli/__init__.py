@@ -64,6 +64,27 @@ def _error(message: object) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    import warnings
+
+    from ..errors import BasamNote
+
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        # A BasamNote (something to know once, e.g. which mask a model can give) is one line.
+        if issubclass(category, BasamNote):
+            print(f"{PROG}: note: {one_line(message)}", file=sys.stderr, flush=True)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        return _main(argv)
+    finally:
+        warnings.showwarning = previous
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     try:
         parser = build_parser()
         try:

@@ -35,7 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=_resolution, default=None, metavar="R|native",
                    help="longest side each crop is encoded at (default: the model's own; native: the crop's own size)")
     add_attention_options(p, attention_default="vanilla")
-    add_device_options(p)
+    add_device_options(p, max_memory=True)
     g = p.add_argument_group("generator (the official flags)")
     g.add_argument("--points-per-side", type=int, default=32)
     g.add_argument("--points-per-batch", type=int, default=64)
@@ -71,8 +71,15 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--hq-token-only applies to sam_hq_* models, not {args.model}")
     device = resolve_device(args.device)
     overrides = {k: getattr(args, k) for k in ("beta", "dist") if getattr(args, k) is not None}
+    arch = check_architecture(args.model, args.architecture)
+    if args.resolution != "native":  # native: each crop at its own size, known only per image
+        from ..memory import check_encode
+        from ..models.registry import get_spec
+
+        check_encode(args.model, args.resolution or (arch or {}).get("img_size", get_spec(args.model).img_size), device,
+                     args.max_memory, architecture=arch)
     model = load_model(args.model, checkpoint=args.checkpoint, attention=args.attention, device=device,
-                       progress=not args.quiet, architecture=check_architecture(args.model, args.architecture), **overrides)
+                       progress=not args.quiet, architecture=arch, **overrides)
     generator = AutomaticMaskGenerator(
         model, resolution=args.resolution, points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
         pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,

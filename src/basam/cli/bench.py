@@ -29,7 +29,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  basam bench --model sam_vit_b --resolution 1024 2048 --dtype bf16 --baseline official\n"
                "  basam bench --model mobile_sam --resolution 1024 --device cpu --baseline official --iters 3\n"
-               "  basam bench --model sam_vit_b --part encoder predictor --compile both --json bench.json --plot bench.png",
+               "  basam bench --model sam_vit_b --part encoder predictor --compile both --json bench.json --plot bench.png\n"
+               "  basam bench --model sam_vit_b --part amg --baseline official --device cpu --points-per-side 8 --iters 1",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", nargs="+", default=["sam_vit_b"], metavar="NAME", help="registry names (default: sam_vit_b)")
@@ -37,7 +38,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dtype", nargs="+", choices=BENCH_DTYPES, default=None, help="default: bf16 on CUDA, fp32 on the CPU")
     p.add_argument("--attention", nargs="+", choices=tuple(PRESETS), default=["vanilla", "basam"],
                    help="attention presets for basam (default: vanilla basam)")
-    p.add_argument("--part", nargs="+", choices=BENCH_PARTS, default=["encoder"], help="what to time (default: encoder)")
+    p.add_argument("--part", nargs="+", choices=BENCH_PARTS, default=["encoder"],
+                   help="what to time (default: encoder; amg: the whole automatic mask generator)")
+    p.add_argument("--points-per-side", type=int, default=32, metavar="N",
+                   help="--part amg: the N x N point grid of both generators (default 32, the official default)")
     p.add_argument("--compile", default="off", choices=["off", "on", "both"], help="torch.compile the encoder (default off)")
     p.add_argument("--cuda-graph", default="off", choices=["off", "on", "both"],
                    help="replay basam's encoder from a captured CUDA graph (default off)")
@@ -81,6 +85,10 @@ def run(args) -> int:
     plot_path = _check_out(args.plot, (".png", ".svg", ".pdf"), "--plot")
     if plot_path is not None:
         require_extra("eval", "bench --plot")
+    if "amg" in args.part:
+        require_extra("amg", "bench --part amg")
+        if args.points_per_side < 1:
+            raise InputError(f"--points-per-side must be at least 1, got {args.points_per_side}")
     if args.batch < 1:
         raise InputError(f"--batch must be at least 1, got {args.batch}")
     if args.iters is not None and args.iters < 1:
@@ -102,10 +110,17 @@ def run(args) -> int:
         compile_modes=_bool_modes(args.compile), graph_modes=_bool_modes(args.cuda_graph), baseline=args.baseline, device=device,
         warmup=args.warmup, iters=args.iters, batch=args.batch,
         autocast=args.autocast, checkpoint=args.checkpoint, progress=not args.quiet,
+        amg_points_per_side=args.points_per_side,
     )
     env = environment()
     print(f"device {device}  " + "  ".join(f"{k} {v}" for k, v in env.items()))
     print(format_table(results))
+    for r in results:  # amg: how much work each generator did (same weights -> same masks)
+        if r.case.part == "amg" and r.status == "ok":
+            ratio = r.extra.get("time_vs_official")
+            print(f"amg {r.case.impl} {r.case.model} {r.case.preset} {r.case.resolution}px {r.extra['image']}: "
+                  f"{r.extra['points_per_side']}x{r.extra['points_per_side']} points, {r.extra['masks']} masks, "
+                  f"{r.extra['s_per_image']:.2f} s/image" + ("" if ratio is None else f", x{ratio:.3f} official"))
     meta = {k: (v if not isinstance(v, Path) else str(v)) for k, v in vars(args).items() if k != "func"}
     if json_path is not None:
         write_json(json_path, results, meta)

@@ -14,7 +14,12 @@ from .options import (
 DESCRIPTION = (
     "Evaluate a model across resolutions and attention presets: each image is encoded once per\n"
     "(resolution, preset), the predicted mask is scored with the standard metrics, and the summary\n"
-    "shows how much each preset degrades away from the first resolution (the paper's Δdiff)."
+    "shows how much each preset degrades away from the first resolution (the paper's Δdiff).\n"
+    "Pairs left out (an image without its mask or the reverse, a mask of another size, a file that\n"
+    "cannot be read) are listed with their reasons in the summary it prints and in per_image.csv.\n"
+    "Refused in one line (exit 2) before any work: an --out that is a file or cannot be written,\n"
+    "an --out holding a run with other settings, an encoding that would not fit in memory\n"
+    "(--max-memory); a full disk later is one line too, with no half-written file."
 )
 
 
@@ -56,8 +61,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="ask for 3 candidates and keep the one with the best predicted IoU; auto = for point prompts")
     p.add_argument("--seed", type=int, default=0, help="seed of the random point prompts (default 0)")
     p.add_argument("--max-images", type=int, default=None, metavar="N", help="first N images of each dataset")
-    add_device_options(p)
-    p.add_argument("--out", metavar="DIR", required=True, help="output folder; rerun with the same folder to resume")
+    add_device_options(p, max_memory=True)
+    p.add_argument("--out", metavar="DIR", required=True,
+                   help="output folder (created); rerun with the same folder to resume (data folders and the checkpoint "
+                        "are compared as resolved paths)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -77,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
         max_images=args.max_images, architecture=args.architecture,
     )
     device = resolve_device(args.device)
+    from ..memory import check_encode
+
+    # The largest resolution decides: refused before the model loads, with the estimate and the limit.
+    check_encode(settings.model, max(settings.resolutions), device, args.max_memory, architecture=args.architecture)
     dist = init_distributed(device)
     if dist.world > 1 and device.startswith("cuda"):
         device = f"cuda:{dist.local_rank}"
@@ -87,5 +98,7 @@ def run(args: argparse.Namespace) -> int:
         dist.close()
     if summary is not None:
         print((Path(args.out) / "summary.md").read_text())
-        print(f"wrote {args.out}/summary.md, summary.csv, summary.json, per_image.csv and plots in {time.time() - t0:.1f} s")
+        skipped = sum(s["skipped"] for s in summary.values())
+        note = f"; {skipped} pair(s) skipped, listed above with their reasons" if skipped else ""
+        print(f"wrote {args.out}/summary.md, summary.csv, summary.json, per_image.csv and plots in {time.time() - t0:.1f} s{note}")
     return 0

@@ -21,7 +21,7 @@ from ..errors import BasamError, InputError, one_line, out_of_memory_errors
 __all__ = [
     "PROG", "EXIT_OK", "EXIT_RESOURCE", "EXIT_USAGE", "EXIT_INTERRUPTED", "UsageError", "Parser",
     "one_line", "parse_point", "parse_box", "parse_resolution", "parse_beta", "parse_device",
-    "parse_architecture", "add_model_options", "add_attention_options", "add_device_options",
+    "parse_architecture", "parse_max_memory", "add_model_options", "add_attention_options", "add_device_options",
     "resolve_device", "check_architecture", "out_of_memory_errors", "out_of_memory_message", "require_extra",
     "MissingExtraError",
 ]
@@ -175,10 +175,24 @@ def add_attention_options(parser, *, attention: bool = True, attention_default: 
     return parser
 
 
-def add_device_options(parser):
-    """``--device`` (cpu, cuda, cuda:N, auto)."""
+def parse_max_memory(value: str) -> Optional[int]:
+    """``8G``, ``512M``, ``1.5GiB``, bytes, or ``auto`` (None: what the device has free)."""
+    from ..memory import parse_memory  # torch-free
+
+    try:
+        return parse_memory(value)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_device_options(parser, *, max_memory: bool = False):
+    """``--device`` (cpu, cuda, cuda:N, auto) and, with ``max_memory``, ``--max-memory``."""
     parser.add_argument("--device", metavar="DEVICE", type=parse_device, default="auto",
                         help="cpu, cuda, cuda:N or auto (cuda if available; default)")
+    if max_memory:
+        parser.add_argument("--max-memory", metavar="SIZE", type=parse_max_memory, default=None,
+                            help="refuse, before loading the model, an encoding estimated to need more memory than this "
+                                 "(8G, 512M, ...; default auto: what the device has free)")
     return parser
 
 

@@ -48,7 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="working resolution, the longest side in px (>= 64; default: the model's own, 1024)")
     add_attention_options(g, attention_help="attention preset: vanilla (SAM), nsf (new scaling factor), basam (NSF + "
                                             "bias-mode mask); default: what a basam checkpoint records, else vanilla")
-    add_device_options(g)
+    add_device_options(g, max_memory=True)
     from .options import parse_architecture
 
     g.add_argument("--architecture", metavar="JSON", type=parse_architecture, default=None,
@@ -162,12 +162,18 @@ def run(args: argparse.Namespace) -> int:
     if args.hq_token_only and not is_hq and args.runtime == "torch":
         raise InputError(f"--hq-token-only applies to sam_hq_* models, not {args.model}")
     device = resolve_device(args.device)
+    if args.runtime == "torch":  # (an ONNX export's resolution is fixed in the file)
+        from ..memory import check_encode
+
+        # Before any big allocation: an encoding that cannot fit (--resolution 99999) is refused here.
+        check_encode(args.model, args.resolution or (arch or {}).get("img_size", spec.img_size), device, args.max_memory,
+                     architecture=arch)
 
     # 2. Files: outputs writable, image readable, prompts inside it.
     from .. import io as bio
 
     image_path = Path(args.image)
-    out, mask_paths, overlay = _output_paths(args, image_path)
+    out, _, overlay = _output_paths(args, image_path)  # checked before any work; mask_writers names the files
     image = bio.read_image(image_path)
     height, width = image.shape[:2]
     from ..predictor import check_prompts
@@ -218,26 +224,14 @@ def run(args: argparse.Namespace) -> int:
         point_coords=coords, point_labels=labels, box=box_arr,
         multimask_output=args.multimask, hq_token_only=True if args.hq_token_only else None,
     )
-    if masks.shape[0] != len(mask_paths):  # a model that returned another number of masks
-        mask_paths = [out] if masks.shape[0] == 1 else [
-            out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(masks.shape[0])
-        ]
 
-    # 5. Write: all masks (all or nothing), then the overlay; undo new masks if the overlay fails.
-    existed = {p for p in mask_paths if p.exists()}
-    written = bio.save_masks(out, masks)
+    # 5. Write: every mask and the overlay staged first, then renamed together (all or nothing), so a
+    #    failed overlay leaves the earlier masks as they were, not overwritten.
+    files = bio.mask_writers(out, masks)
     if overlay is not None:
-        try:
-            bio.save_overlay(overlay, image, masks, points=coords, point_labels=labels,
-                             boxes=box_arr[None] if box_arr is not None else None)
-        except BaseException:
-            for p in written:
-                if p not in existed:
-                    try:
-                        p.unlink()
-                    except OSError:
-                        pass
-            raise
+        files.append(bio.overlay_writer(overlay, image, masks, points=coords, point_labels=labels,
+                                        boxes=box_arr[None] if box_arr is not None else None))
+    written = bio.atomic_write_all(files)[: len(files) - (overlay is not None)]
 
     for i, (score, path) in enumerate(zip(scores, written)):
         print(f"mask {i}: predicted IoU {float(score):.3f}  -> {path}")

@@ -23,7 +23,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "train",
         help="fine-tune or train a model (BA-SAM slopes, decoder, HQ modules or everything)",
         description="Train a SAM-family model on image/mask datasets. Every option is also a YAML key\n"
-                    "(--config FILE, --recipe NAME); flags override the YAML. Under torchrun: DDP.",
+                    "(--config FILE, --recipe NAME); flags override the YAML. Under torchrun: DDP.\n"
+                    "Refused in one line (exit 2) before training: an --out that is a file or cannot be written,\n"
+                    "an --out holding a run without --resume, a --resume with other run-defining settings (data\n"
+                    "folders compare as resolved paths). A full disk later is one line too; checkpoints stay whole.\n"
+                    "--resume with no checkpoint in --out says so once on stderr and starts from step 0.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -722,7 +722,7 @@ class _nullcontext:
 # Backend registration
 
 
-def supports(q: Tensor) -> bool:
+def _device_ok(q: Tensor) -> bool:
     """Whether the kernel can run on ``q``'s device, dtype and head dim."""
     if q.dim() != 4 or q.dtype not in _DTYPES or not 1 <= q.shape[-1] <= _MAX_HEAD_DIM:
         return False
@@ -742,12 +742,14 @@ def _rel_shapes_ok(rel_pos, grid, d: int) -> bool:
     return tuple(rh.shape) == (gh, gh, d) and tuple(rw.shape) == (gw, gw, d)
 
 
-def triton_attend(q, k, v, scale, rel_pos, grid, slopes, dist, dense_bias, chunk_bytes):
-    """``basam.attention`` backend (signature of ``_attend_sdpa``). Inputs the kernel does not take
-    (a dense bias, mismatched dtypes/devices, head dims above 128) go to the sdpa backend."""
-    ok = (
-        dense_bias is None
-        and supports(q)
+def supports(q: Tensor, k: Tensor, v: Tensor, bias: _backends.AttentionBias) -> bool:
+    """Whether the kernel takes this call. It does not take a dense bias (TinyViT's table), keys on
+    another grid than the queries, mismatched dtypes/devices or head dims above 128: the dispatcher
+    (:func:`basam.attention.attend`) sends those to the sdpa backend."""
+    return (
+        bias.dense is None
+        and not bias.pooled
+        and _device_ok(q)
         and k.dim() == 4 and v.dim() == 4
         and k.dtype == q.dtype and v.dtype == q.dtype
         and k.device == q.device and v.device == q.device
@@ -756,12 +758,14 @@ def triton_attend(q, k, v, scale, rel_pos, grid, slopes, dist, dense_bias, chunk
         and 1 <= v.shape[-1] <= _MAX_HEAD_DIM
         and q.shape[-2] > 0 and k.shape[-2] > 0
         and 0 < q.shape[0] * q.shape[1] <= 65535  # grid axis 1
-        and (rel_pos is None and slopes is None or grid is not None)
-        and (rel_pos is None or _rel_shapes_ok(rel_pos, grid, q.shape[-1]))
+        and (not bias.has_grid_terms or bias.grid is not None)
+        and (bias.rel_pos is None or _rel_shapes_ok(bias.rel_pos, bias.grid, q.shape[-1]))
     )
-    if not ok:
-        return _backends.attend_sdpa(q, k, v, scale, rel_pos, grid, slopes, dist, dense_bias, chunk_bytes)
-    return fused_attention(q, k, v, scale, rel_pos, grid, slopes, dist)
+
+
+def triton_attend(q, k, v, scale: float, bias: _backends.AttentionBias = _backends.NO_BIAS, chunk_bytes: int = 0):
+    """``basam.attention`` backend: the fused kernel (call it where :func:`supports` accepts)."""
+    return fused_attention(q, k, v, scale, bias.rel_pos, bias.grid, bias.slopes, bias.dist)
 
 
 BACKEND = ("triton", triton_attend, supports)

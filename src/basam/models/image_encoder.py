@@ -5,6 +5,8 @@ Differences from the official code: the absolute position embedding is resampled
 actual token grid on every forward, and attention goes through :func:`basam.attention.attend`.
 """
 
+from dataclasses import dataclass
+from functools import partial
 from typing import List, Optional, Tuple, Type
 
 import torch
@@ -13,13 +15,28 @@ from torch import Tensor, nn
 
 from ..attention import AttentionConfig, BiasModeMask, attend, bias_scratch, layer_scale
 from .common import LayerNorm2d, MLPBlock
+from .encoder import ImageEncoder
+from .family import ModelFamily, register_family
 
 
-class ImageEncoderViT(nn.Module):
-    """(B, 3, H, W) image, H and W multiples of ``patch_size`` -> ((B, out_chans, H/16, W/16), interm).
+@dataclass(frozen=True)
+class ViTConfig:
+    """SAM's ViT architecture (ViT-B defaults)."""
 
-    ``interm`` holds the output (B, H/16, W/16, C) of every global-attention block: HQ-SAM fuses
-    the first of them into its mask features.
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    global_attn_indexes: Tuple[int, ...] = (2, 5, 8, 11)
+    window_size: int = 14
+    patch_size: int = 16
+    mlp_ratio: float = 4.0
+
+
+class ImageEncoderViT(ImageEncoder):
+    """(B, 3, H, W) image, H and W multiples of ``patch_size`` (p) -> ((B, out_chans, H/p, W/p), interm).
+
+    ``interm`` holds the output (B, H/p, W/p, C) of every global-attention block: HQ-SAM fuses
+    the first of them into its mask features. ``stride`` = ``patch_size`` (16 in SAM).
     """
 
     def __init__(
@@ -44,7 +61,9 @@ class ImageEncoderViT(nn.Module):
         super().__init__()
         self.img_size = img_size
         self.patch_size = patch_size
+        self.stride = patch_size
         self.embed_dim = embed_dim
+        self.interm_dim = embed_dim
         self.global_attn_indexes = tuple(global_attn_indexes)
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         grid = img_size // patch_size
@@ -73,10 +92,6 @@ class ImageEncoderViT(nn.Module):
             nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
             LayerNorm2d(out_chans),
         )
-
-    @property
-    def pad_multiple(self) -> int:
-        return self.patch_size
 
     def resampled_pos_embed(self, grid: Tuple[int, int]) -> Tensor:
         """The absolute position embedding bicubically resampled to ``grid``. (1, gh, gw, C).
@@ -275,3 +290,15 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x).permute(0, 2, 3, 1)
+
+
+def build_vit_encoder(cfg: ViTConfig, *, img_size: int, out_chans: int, attention: Optional[AttentionConfig]) -> ImageEncoderViT:
+    return ImageEncoderViT(
+        img_size=img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
+        mlp_ratio=cfg.mlp_ratio, out_chans=out_chans, norm_layer=partial(nn.LayerNorm, eps=1e-6), use_rel_pos=True,
+        window_size=cfg.window_size, global_attn_indexes=cfg.global_attn_indexes, attention=attention,
+    )
+
+
+# Official SAM / HQ-SAM checkpoints use these parameter names already: no filter.
+VIT_FAMILY = register_family(ModelFamily("sam_vit", ViTConfig, build_vit_encoder))

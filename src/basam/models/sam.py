@@ -1,7 +1,6 @@
 """The Segment Anything model: image encoder + prompt encoder + mask decoder, at any resolution."""
 
 import math
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -13,30 +12,8 @@ from ..errors import InputError
 from .mask_decoder_hq import MaskDecoderHQ, check_fusion
 from .prompt_encoder import PromptEncoder
 from .cuda_graph import graph_cache_of
+from .encoder import ImageEncoder, ImageFeatures
 from .transformer import Attention as DecoderAttention
-
-
-@dataclass
-class ImageFeatures:
-    """What the image encoder computed for a batch of images.
-
-    Attributes:
-        embeddings: (B, C, h, w) image embeddings.
-        interm: early encoder features (B, h, w, C') that HQ-SAM fuses (empty use for plain SAM).
-        input_size: (H, W) of the padded encoder input in pixels (H = 16 h).
-    """
-
-    embeddings: Tensor
-    interm: List[Tensor]
-    input_size: Tuple[int, int]
-
-    @property
-    def grid(self) -> Tuple[int, int]:
-        return tuple(self.embeddings.shape[-2:])
-
-    def select(self, index: int) -> "ImageFeatures":
-        """The features of one image of the batch, keeping a batch dimension of 1."""
-        return ImageFeatures(self.embeddings[index : index + 1], [t[index : index + 1] for t in self.interm], self.input_size)
 
 
 class Sam(ConfiguresAttention, nn.Module):
@@ -48,8 +25,13 @@ class Sam(ConfiguresAttention, nn.Module):
 
     mask_threshold: float = 0.0
     image_format: str = "RGB"
+    #: which decoder outputs the weights were trained for: ``all`` (every official model), or
+    #: ``multimask`` (trained with one-point prompts only: the single-mask token is untrained, so
+    #: :class:`basam.Predictor` answers ``multimask_output=False`` with the best multimask candidate).
+    #: Read from a basam checkpoint's metadata by the loader.
+    trained_outputs: str = "all"
 
-    def __init__(self, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: nn.Module,
+    def __init__(self, image_encoder: ImageEncoder, prompt_encoder: PromptEncoder, mask_decoder: nn.Module,
                  pixel_mean: Sequence[float] = (123.675, 116.28, 103.53), pixel_std: Sequence[float] = (58.395, 57.12, 57.375),
                  name: str = "sam") -> None:
         super().__init__()
@@ -60,10 +42,13 @@ class Sam(ConfiguresAttention, nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
         self.name = name
         self.img_size = image_encoder.img_size
-        grid = self.img_size // 16
+        #: the registry entry this model was built from (set by build_sam; None for hand-built models)
+        self.spec = None
+        grid = self.img_size // image_encoder.stride
         for m in self.mask_decoder.modules():
             if isinstance(m, DecoderAttention):
                 m.train_image_tokens = grid * grid
+                m.token_stride = image_encoder.stride
         self.attention_config = AttentionConfig()
         #: Replay the image encoder from captured CUDA graphs (inference on CUDA only; one graph per
         #: input shape, see basam.models.cuda_graph). Removes the per-kernel launch cost that
@@ -117,10 +102,10 @@ class Sam(ConfiguresAttention, nn.Module):
     def encode(self, x: Tensor) -> ImageFeatures:
         """Encode preprocessed images (B, 3, S, S)."""
         if self.cuda_graphs and not self.training:
-            emb, interm = graph_cache_of(self)(self.image_encoder, x)
+            out = graph_cache_of(self)(self.image_encoder, x)
         else:
-            emb, interm = self.image_encoder(x)
-        return ImageFeatures(emb, interm if self.is_hq else [], (x.shape[-2], x.shape[-1]))
+            out = self.image_encoder(x)
+        return ImageEncoder.features(out, (x.shape[-2], x.shape[-1]), keep_interm=self.is_hq)
 
     def decode(self, features: ImageFeatures, point_coords: Optional[Tensor] = None, point_labels: Optional[Tensor] = None,
                boxes: Optional[Tensor] = None, mask_inputs: Optional[Tensor] = None, multimask_output: bool = True,

@@ -7,7 +7,8 @@ grid from the input, so any input whose sides are multiples of 16 works.
 """
 
 import itertools
-from typing import List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,19 @@ from torch import Tensor, nn
 
 from ..attention import AttentionConfig, BiasModeMask, attend, distance_matrix, layer_scale
 from .common import LayerNorm2d
+from .encoder import ImageEncoder
+from .family import ModelFamily, register_family
+
+
+@dataclass(frozen=True)
+class TinyViTConfig:
+    """TinyViT's architecture (MobileSAM's TinyViT-5M defaults)."""
+
+    embed_dims: Tuple[int, ...] = (64, 128, 160, 320)
+    depths: Tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: Tuple[int, ...] = (2, 4, 5, 10)
+    window_sizes: Tuple[int, ...] = (7, 7, 14, 7)
+    mlp_ratio: float = 4.0
 
 
 class Conv2d_BN(nn.Sequential):
@@ -242,8 +256,8 @@ class BasicLayer(nn.Module):
         return x, hw
 
 
-class TinyViT(nn.Module):
-    """(B, 3, H, W), sides multiples of 16 -> ((B, 256, H/16, W/16), interm).
+class TinyViT(ImageEncoder):
+    """(B, 3, H, W), sides multiples of 16 (``stride``) -> ((B, 256, H/16, W/16), interm).
 
     ``interm`` is ``[stage-2 input tokens as (B, H/16, W/16, embed_dims[2])]``: the early feature
     HQ-SAM's tiny model fuses.
@@ -265,7 +279,9 @@ class TinyViT(nn.Module):
     ) -> None:
         super().__init__()
         self.img_size = img_size
+        self.stride = 16  # patch embed /4, two /2 merges, the last merge keeps the grid
         self.embed_dims = tuple(embed_dims)
+        self.interm_dim = self.embed_dims[2]
         self.patch_embed = PatchEmbed(in_chans, embed_dims[0])
         n = len(depths)
         # The merge into the last stage keeps the resolution (the official code keys this on the
@@ -293,10 +309,6 @@ class TinyViT(nn.Module):
             LayerNorm2d(out_chans),
         )
 
-    @property
-    def pad_multiple(self) -> int:
-        return 16
-
     def forward(self, x: Tensor) -> Tuple[Tensor, List[Tensor]]:
         # The convolutional stages run channels-last: oneDNN's depthwise and 1x1 convolutions are
         # ~2-3x faster on it than on NCHW on the CPU, and PatchMerging's output then already is the
@@ -311,3 +323,20 @@ class TinyViT(nn.Module):
         B, _, C = x.shape
         x = x.view(B, hw[0], hw[1], C).permute(0, 3, 1, 2)
         return self.neck(x), interm
+
+
+def build_tiny_vit_encoder(cfg: TinyViTConfig, *, img_size: int, out_chans: int, attention: Optional[AttentionConfig]) -> TinyViT:
+    return TinyViT(img_size=img_size, embed_dims=cfg.embed_dims, depths=cfg.depths, num_heads=cfg.num_heads,
+                   window_sizes=cfg.window_sizes, mlp_ratio=cfg.mlp_ratio, out_chans=out_chans, attention=attention)
+
+
+#: keys of the official TinyViT that basam does not build: its ImageNet classifier, unused by SAM
+_UNUSED_PREFIXES = ("image_encoder.head.", "image_encoder.norm_head.")
+
+
+def tiny_vit_checkpoint_filter(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """Drop the official TinyViT's classifier head from a MobileSAM / HQ-SAM tiny checkpoint."""
+    return {k: v for k, v in sd.items() if not k.startswith(_UNUSED_PREFIXES)}
+
+
+TINY_VIT_FAMILY = register_family(ModelFamily("tiny_vit", TinyViTConfig, build_tiny_vit_encoder, tiny_vit_checkpoint_filter))

@@ -94,6 +94,7 @@ class Attention(ConfiguresAttention, nn.Module):
         self.keys_are_image = keys_are_image
         self.attention_config = AttentionConfig()
         self.train_image_tokens: Optional[int] = None  # set by the model: h*w at pretraining size
+        self.token_stride = 16  # set by the model: the image encoder's pixels per token
 
     def configure_attention(self, config: AttentionConfig, reset_slopes: bool = True) -> None:
         self.attention_config = config  # read per call: NSF on the cross-attention if config.decoder_nsf
@@ -109,7 +110,7 @@ class Attention(ConfiguresAttention, nn.Module):
         cfg = self.attention_config
         n_train = self.train_image_tokens
         if cfg.train_resolution is not None and n_train is not None:
-            n_train = math.ceil(cfg.train_resolution / 16) ** 2
+            n_train = math.ceil(cfg.train_resolution / self.token_stride) ** 2
         scale = nsf_scale(q.shape[-1], k.shape[-2], n_train, cfg.decoder_nsf and self.keys_are_image)
         out = attend(q, k, v, scale=scale, backend=cfg.backend, chunk_bytes=cfg.chunk_bytes)
         b, h, n, c = out.shape

@@ -112,18 +112,26 @@ def step_dir_name(step: int) -> str:
 
 
 def save_checkpoint(ckpt_dir: Path, step: int, model, metadata: Dict[str, str], state: Dict[str, Any], keep: int) -> Path:
-    """Write ``step_<step>/`` atomically, point ``latest`` at it, prune to the last ``keep``."""
+    """Write ``step_<step>/`` atomically, point ``latest`` at it, prune to the last ``keep``.
+
+    Raises:
+        InputError: the file system refuses a write (disk full, read-only); the temp folder is
+            removed and ``latest`` is left naming the previous complete checkpoint.
+    """
     from ..checkpoint import save_model
     from ..io import atomic_write
 
     ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     name = step_dir_name(step)
     final = ckpt_dir / name
     tmp = ckpt_dir / f"{_TMP_PREFIX}{step}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    except OSError as e:
+        raise InputError(f"cannot write checkpoint {final}: {e.strerror or e}") from None
     try:
         save_model(model, tmp / "model.safetensors", metadata=metadata)
         buf = io.BytesIO()
@@ -138,8 +146,11 @@ def save_checkpoint(ckpt_dir: Path, step: int, model, metadata: Dict[str, str], 
         else:
             os.replace(tmp, final)
         fsync_dir(ckpt_dir)
-    except BaseException:
+    except BaseException as e:
+        # Nothing half-written: the temp folder goes; ``latest`` still names the last complete one.
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):  # disk full, read-only file system: one line, not a traceback
+            raise InputError(f"cannot write checkpoint {final}: {e.strerror or e}") from None
         raise
     atomic_write(ckpt_dir / "latest", lambda f: f.write((name + "\n").encode()))
     prune(ckpt_dir, keep)

@@ -317,7 +317,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option("save_every", _nonneg(_int), "checkpoint every N steps (0: only at the end; default 500)", "N", "run"),
     Option("keep", _positive(_int), "keep the last N checkpoints (default 3)", "N", "run"),
     Option("out", _opt(_str), "output folder: log.jsonl, tensorboard/, checkpoints/ (required)", "DIR", "run"),
-    Option("resume", _bool, "continue the run in --out from checkpoints/latest", kind="bool", group="run"),
+    Option("resume", _bool, "continue the run in --out from checkpoints/latest (data folders compared as resolved paths); "
+                            "with no checkpoint there, say so once on stderr and start from step 0", kind="bool", group="run"),
     Option("stop_at", _opt(_positive(_int)), "stop (with a checkpoint) after this step; the schedule still spans --steps", "N", "run"),
     Option("device", _device, "cpu, cuda, cuda:N or auto (default)", "DEVICE", "run"),
     Option("tensorboard", _bool, "write TensorBoard events to OUT/tensorboard (default on)", kind="bool", group="run"),

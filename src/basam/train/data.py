@@ -225,12 +225,6 @@ def sample_prompt(mask: np.ndarray, kind: str, rng: np.random.Generator, box_noi
     return {"coords": coords, "labels": np.ones(k, dtype=np.int64), "box": None}
 
 
-def prompt_signature(prompt: dict) -> Tuple[int, bool]:
-    """Prompts with the same signature (number of points, box or not) can share a decoder call."""
-    n = 0 if prompt["coords"] is None else int(len(prompt["coords"]))
-    return n, prompt["box"] is not None
-
-
 # ----------------------------------------------------------------------------------------------
 # The dataset of stream positions
 

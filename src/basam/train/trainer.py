@@ -47,6 +47,7 @@ def _resolve_device(name: str, dist: Dist) -> torch.device:
 
 
 def _signature(prompt: dict) -> Tuple[int, bool]:
+    """Prompts with the same signature (number of points, box or not) share one decoder call."""
     n = 0 if prompt["coords"] is None else int(len(prompt["coords"]))
     return n, prompt["box"] is not None
 
@@ -152,7 +153,11 @@ def slopes_by_layer(sam: nn.Module) -> Dict[str, List[float]]:
 
 
 class RunLog:
-    """``log.jsonl`` (one JSON object per line) and TensorBoard scalars, written by rank 0 only."""
+    """``log.jsonl`` (one JSON object per line) and TensorBoard scalars, written by rank 0 only.
+
+    A write the file system refuses (disk full, read-only) is a one-line :class:`InputError`, and
+    ``log.jsonl`` is cut back to its last whole line first.
+    """
 
     def __init__(self, out: Path, enabled: bool, tensorboard: bool, start_step: int) -> None:
         self.enabled = enabled
@@ -162,14 +167,20 @@ class RunLog:
         if not enabled:
             return
         self._truncate(start_step)
-        self.f = open(self.path, "a", encoding="utf-8")
+        try:
+            self.f = open(self.path, "a", encoding="utf-8")
+        except OSError as e:
+            raise InputError(f"cannot write {self.path}: {_os_text(e)}") from None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 warnings.warn("tensorboard is not installed: no TensorBoard events (pip install tensorboard)")
             else:
-                self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start_step + 1 if start_step > 0 else None)
+                try:
+                    self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start_step + 1 if start_step > 0 else None)
+                except OSError as e:
+                    raise InputError(f"cannot write {out / 'tensorboard'}: {_os_text(e)}") from None
 
     def _truncate(self, start_step: int) -> None:
         """Keep only lines of steps <= ``start_step`` (a resumed run re-does what came after)."""
@@ -193,8 +204,23 @@ class RunLog:
     def write(self, record: dict) -> None:
         if self.f is None:
             return
-        self.f.write(json.dumps(record, sort_keys=True) + "\n")
-        self.f.flush()
+        line = json.dumps(record, sort_keys=True) + "\n"
+        start = os.fstat(self.f.fileno()).st_size  # every earlier line is flushed
+        try:
+            self.f.write(line)
+            self.f.flush()
+        except OSError as e:
+            # No half line: drop the text layer's buffer (its flush fails again) and cut the file.
+            try:
+                self.f.close()
+            except OSError:
+                pass
+            self.f = None
+            try:
+                os.truncate(self.path, start)
+            except OSError:
+                pass
+            raise InputError(f"cannot write {self.path}: {_os_text(e)}") from None
 
     def scalars(self, step: int, values: Dict[str, float]) -> None:
         if self.tb is None:
@@ -205,13 +231,19 @@ class RunLog:
 
     def flush(self) -> None:
         if self.tb is not None:
-            self.tb.flush()
+            try:
+                self.tb.flush()
+            except OSError as e:
+                raise InputError(f"cannot write {self.path.parent / 'tensorboard'}: {_os_text(e)}") from None
 
     def close(self) -> None:
-        if self.f is not None:
-            self.f.close()
-        if self.tb is not None:
-            self.tb.close()
+        try:
+            if self.f is not None:
+                self.f.close()
+            if self.tb is not None:
+                self.tb.close()
+        except OSError as e:
+            raise InputError(f"cannot write to {self.path.parent}: {_os_text(e)}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,19 +333,6 @@ def _build_model(cfg: TrainConfig):
     return build_sam(spec, attention, hq_fusion=cfg.hq_fusion or "add")
 
 
-def _check_resume(cfg: TrainConfig, state: dict, world: int) -> None:
-    old = state.get("config") or {}
-    new = cfg.to_dict()
-    diff = [k for k in RUN_DEFINING if k not in ("batch_size", "grad_accum", "checkpoint") and old.get(k) != new.get(k)]
-    if diff:
-        raise InputError(f"--resume: the run in {cfg.out} was started with other settings ({', '.join(diff)}); "
-                         "resume with the same ones or choose another --out")
-    old_g = int(state["sampler"]["global_batch"])
-    new_g = world * cfg.batch_size * cfg.grad_accum
-    if old_g != new_g:
-        raise InputError(f"--resume: global batch (processes x batch size x grad accum) was {old_g}, now {new_g}")
-
-
 def _probe_unused(module: TrainModule, device: torch.device, prompt_kind: str, trainable: List[nn.Parameter]) -> bool:
     """Whether some trainable parameter gets no gradient for some prompt kind (DDP then needs
     ``find_unused_parameters``). One batch of one synthetic image per kind, in eval mode (no
@@ -352,193 +371,282 @@ def run(cfg: TrainConfig) -> Dict[str, Any]:
         dist.close()
 
 
-def _run(cfg: TrainConfig, dist: Dist) -> Dict[str, Any]:
-    from ..io import atomic_write
-    from ..load import load_weights_into, resolve_checkpoint
-    from . import checkpointing as ck
-    from .data import BatchPositions, TrainSet, collate, open_weighted
-    from .freeze import apply_policy, set_train_mode
+def _canonical_data(spec: str) -> str:
+    """``PATH[:LAYOUT][@WEIGHT]`` with PATH resolved (:func:`basam.io.canonical_path`), so that the
+    same folder given relatively or absolutely is the same run."""
+    from ..io import canonical_path
+    from .data import parse_weighted_data_arg
 
-    t_start = time.time()
-    device = _resolve_device(cfg.device, dist)
-    out = Path(cfg.out)
-    ckpt_dir = out / "checkpoints"
+    try:
+        a = parse_weighted_data_arg(spec)
+    except InputError:
+        return spec
+    return f"{canonical_path(a.path)}:{a.layout or ''}@{a.weight:g}"
 
-    # 1. What is there to resume?
-    latest = ck.latest_checkpoint(ckpt_dir)
-    if latest is not None and not cfg.resume:
-        raise InputError(f"{out} already holds a run (checkpoints/{latest.name}); pass --resume to continue it or choose another --out")
-    state = None
-    if cfg.resume and latest is not None:
-        state = ck.load_state(latest)
-        _check_resume(cfg, state, dist.world)
-    elif cfg.resume and dist.main:
-        print(f"note: nothing to resume in {out}; starting from step 0", file=sys.stderr, flush=True)
-    start_step = int(state["step"]) if state is not None else 0
 
-    # 2. Data (checked before any file is written).
-    datasets, weights = open_weighted(cfg.data)
-    val_sets = _open_val_sets(cfg.val_data)
-    trainset = TrainSet(datasets, weights, resolution=cfg.resolution, seed=cfg.seed, prompt=cfg.prompt, crop_scale=cfg.crop_scale,
-                        crop_ratio=cfg.crop_ratio, hflip=cfg.hflip, box_noise=cfg.box_noise)
+def _same_setting(key: str, old: Any, new: Any) -> bool:
+    if key == "data" and isinstance(old, list) and isinstance(new, list):
+        return [_canonical_data(str(x)) for x in old] == [_canonical_data(str(x)) for x in new]
+    return old == new
 
-    # 3. Model: random init (seeded), initial weights, or the checkpoint resumed.
-    torch.manual_seed(cfg.seed)
-    model = _build_model(cfg)
-    if state is not None:
-        # the run's own checkpoint: every weight, slopes included, exactly as saved
-        from ..checkpoint import load_weights, read_state_dict
 
-        load_weights(model, read_state_dict(latest / "model.safetensors"), source=f"checkpoint {latest}", model_name=cfg.model)
-    elif cfg.checkpoint is not None:
-        # initial weights: the one loading rule (untrained slopes start from --beta)
-        load_weights_into(model, resolve_checkpoint(cfg.model, cfg.checkpoint), model_name=cfg.model)
-    trainable_names = apply_policy(model, cfg.train)
-    model.to(device)
-    set_train_mode(model)
-    named = dict(model.named_parameters())
-    trainable = [named[n] for n in trainable_names]
+def _check_resume(cfg: TrainConfig, state: dict, world: int) -> None:
+    old = state.get("config") or {}
+    new = cfg.to_dict()
+    diff = [k for k in RUN_DEFINING
+            if k not in ("batch_size", "grad_accum", "checkpoint") and not _same_setting(k, old.get(k), new.get(k))]
+    if diff:
+        raise InputError(f"--resume: the run in {cfg.out} was started with other settings ({', '.join(diff)}); "
+                         "resume with the same ones or choose another --out")
+    old_g = int(state["sampler"]["global_batch"])
+    new_g = world * cfg.batch_size * cfg.grad_accum
+    if old_g != new_g:
+        raise InputError(f"--resume: global batch (processes x batch size x grad accum) was {old_g}, now {new_g}")
 
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    module = TrainModule(model, cfg.resolution, LossWeights(cfg.bce_weight, cfg.dice_weight, cfg.iou_weight),
-                         torch.bfloat16 if precision == "bf16" else None)
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: lr_factor(i, steps=cfg.steps, warmup=cfg.warmup, lr=cfg.lr, min_lr=cfg.min_lr))
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        ck.set_rng_state(state["rng"])
 
-    ddp = module
-    if dist.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+def _os_text(e: OSError) -> str:
+    return e.strerror or " ".join(str(e).split()) or type(e).__name__
 
-        find_unused = _probe_unused(module, device, cfg.prompt, trainable)
-        ddp = DDP(module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=find_unused)
 
-    # 4. Output folder, logs.
-    if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        ck.clean_stale(ckpt_dir)
-        import yaml
+class _Training:
+    """One run of :func:`run`, in parts: :meth:`__init__` sets up (resume state, data, model,
+    optimiser, DDP, output folder, logs, loader), :meth:`step` is one optimiser step,
+    :meth:`log_step` / :meth:`validation` / :meth:`save` log, validate and checkpoint, and
+    :meth:`train` runs the loop. The order of every random draw is that of an uninterrupted run."""
 
-        atomic_write(out / "config.yaml", lambda f: f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode()))
-    dist.barrier()
-    log = RunLog(out, dist.main, cfg.tensorboard, start_step)
+    def __init__(self, cfg: TrainConfig, dist: Dist) -> None:
+        from ..io import atomic_write, check_writable_dir
+        from ..load import load_weights_into, resolve_checkpoint
+        from . import checkpointing as ck
+        from .data import BatchPositions, TrainSet, collate, open_weighted
+        from .freeze import apply_policy, set_train_mode
 
-    end_step = cfg.steps if cfg.stop_at is None else min(cfg.steps, cfg.stop_at)
-    G = dist.world * cfg.batch_size * cfg.grad_accum
-    loader = torch.utils.data.DataLoader(
-        trainset, batch_sampler=BatchPositions(start_step, end_step, world=dist.world, rank=dist.rank, batch=cfg.batch_size,
-                                               accum=cfg.grad_accum),
-        num_workers=cfg.num_workers, collate_fn=collate, pin_memory=device.type == "cuda")
+        self.cfg, self.dist, self.ck = cfg, dist, ck
+        self.t_start = time.time()
+        self.device = device = _resolve_device(cfg.device, dist)
+        self.out = out = Path(cfg.out)
+        self.ckpt_dir = ckpt_dir = out / "checkpoints"
+        # A file, or a folder that cannot be written: refused before the data and the model load.
+        check_writable_dir(out, "--out")
 
-    def checkpoint(step: int) -> Path:
+        # 1. What is there to resume?
+        latest = ck.latest_checkpoint(ckpt_dir)
+        if latest is not None and not cfg.resume:
+            raise InputError(f"{out} already holds a run (checkpoints/{latest.name}); pass --resume to continue it or choose another --out")
+        state = None
+        if cfg.resume and latest is not None:
+            state = ck.load_state(latest)
+            _check_resume(cfg, state, dist.world)
+        elif cfg.resume and dist.main:
+            print(f"note: --resume: no checkpoint in {ckpt_dir}, nothing to resume; starting from step 0",
+                  file=sys.stderr, flush=True)
+        self.state = state
+        self.start_step = int(state["step"]) if state is not None else 0
+
+        # 2. Data (checked before any file is written).
+        datasets, weights = open_weighted(cfg.data)
+        self.val_sets = _open_val_sets(cfg.val_data)
+        self.trainset = TrainSet(datasets, weights, resolution=cfg.resolution, seed=cfg.seed, prompt=cfg.prompt,
+                                 crop_scale=cfg.crop_scale, crop_ratio=cfg.crop_ratio, hflip=cfg.hflip, box_noise=cfg.box_noise)
+
+        # 3. Model: random init (seeded), initial weights, or the checkpoint resumed.
+        torch.manual_seed(cfg.seed)
+        self.model = model = _build_model(cfg)
+        if state is not None:
+            # the run's own checkpoint: every weight, slopes included, exactly as saved
+            from ..checkpoint import load_weights, read_state_dict
+
+            load_weights(model, read_state_dict(latest / "model.safetensors"), source=f"checkpoint {latest}", model_name=cfg.model)
+        elif cfg.checkpoint is not None:
+            # initial weights: the one loading rule (untrained slopes start from --beta)
+            load_weights_into(model, resolve_checkpoint(cfg.model, cfg.checkpoint), model_name=cfg.model)
+        self.trainable_names = apply_policy(model, cfg.train)
+        model.to(device)
+        set_train_mode(model)
+        self.set_train_mode = set_train_mode
+        named = dict(model.named_parameters())
+        self.trainable = [named[n] for n in self.trainable_names]
+
+        precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+        module = TrainModule(model, cfg.resolution, LossWeights(cfg.bce_weight, cfg.dice_weight, cfg.iou_weight),
+                             torch.bfloat16 if precision == "bf16" else None)
+        self.opt = opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
+        self.sched = sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda i: lr_factor(i, steps=cfg.steps, warmup=cfg.warmup, lr=cfg.lr, min_lr=cfg.min_lr))
+        if state is not None:
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            ck.set_rng_state(state["rng"])
+
+        self.ddp = module
+        if dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            find_unused = _probe_unused(module, device, cfg.prompt, self.trainable)
+            self.ddp = DDP(module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=find_unused)
+
+        # 4. Output folder, logs.
+        if dist.main:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise InputError(f"cannot create --out {out}: {_os_text(e)}") from None
+            ck.clean_stale(ckpt_dir)
+            import yaml
+
+            atomic_write(out / "config.yaml", lambda f: f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode()))
+        dist.barrier()
+        self.log = RunLog(out, dist.main, cfg.tensorboard, self.start_step)
+
+        self.end_step = cfg.steps if cfg.stop_at is None else min(cfg.steps, cfg.stop_at)
+        self.G = dist.world * cfg.batch_size * cfg.grad_accum
+        self.loader = torch.utils.data.DataLoader(
+            self.trainset, batch_sampler=BatchPositions(self.start_step, self.end_step, world=dist.world, rank=dist.rank,
+                                                        batch=cfg.batch_size, accum=cfg.grad_accum),
+            num_workers=cfg.num_workers, collate_fn=collate, pin_memory=device.type == "cuda")
+
+    # --- checkpoints and validation -----------------------------------------------------------
+
+    def save(self, step: int) -> Path:
+        """Checkpoint ``step`` (rank 0 writes; every rank waits)."""
+        cfg, dist, ck = self.cfg, self.dist, self.ck
         path = None
         if dist.main:
-            meta = ck.model_metadata(model, architecture=cfg.architecture, step=step, policy=cfg.train, resolution=cfg.resolution)
+            meta = ck.model_metadata(self.model, architecture=cfg.architecture, step=step, policy=cfg.train, resolution=cfg.resolution)
             st = {
                 "format": ck.STATE_FORMAT,
                 "step": step,
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(),
                 "rng": ck.rng_state(),
-                "sampler": {"position": step * G, "epoch": (step * G) // trainset.plan.epoch_size,
-                            "epoch_size": trainset.plan.epoch_size, "global_batch": G},
+                "sampler": {"position": step * self.G, "epoch": (step * self.G) // self.trainset.plan.epoch_size,
+                            "epoch_size": self.trainset.plan.epoch_size, "global_batch": self.G},
                 "config": cfg.to_dict(),
                 "world_size": dist.world,
-                "trainable": list(trainable_names),
+                "trainable": list(self.trainable_names),
             }
-            path = ck.save_checkpoint(ckpt_dir, step, model, meta, st, cfg.keep)
+            path = ck.save_checkpoint(self.ckpt_dir, step, self.model, meta, st, cfg.keep)
         dist.barrier()
-        return path if path is not None else ckpt_dir / ck.step_dir_name(step)
+        return path if path is not None else self.ckpt_dir / ck.step_dir_name(step)
 
-    def run_validation(step: int) -> Optional[dict]:
-        if not val_sets:
+    def validation(self, step: int) -> Optional[dict]:
+        """Validate at ``step`` and log it; None without validation data."""
+        cfg = self.cfg
+        if not self.val_sets:
             return None
-        res = validate(model, val_sets, resolution=cfg.resolution, seed=cfg.val_seed, max_images=cfg.val_max_images, dist=dist)
-        set_train_mode(model)
+        res = validate(self.model, self.val_sets, resolution=cfg.resolution, seed=cfg.val_seed, max_images=cfg.val_max_images,
+                       dist=self.dist)
+        self.set_train_mode(self.model)
         clean = {name: {k: (float(v) if isinstance(v, float) else v) for k, v in s.items()} for name, s in res.items()}
-        log.write({"step": step, "val": clean})
+        self.log.write({"step": step, "val": clean})
         scal = {}
         for name, s in clean.items():
             for k in ("iou", "mae", "s_measure", "boundary_iou", "dice", "e_measure_mean", "weighted_f", "f_measure_max"):
                 if k in s:
                     scal[f"val/{name}/{k}"] = s[k]
-        log.scalars(step, scal)
-        log.flush()
+        self.log.scalars(step, scal)
+        self.log.flush()
         return clean
 
-    from tqdm import tqdm
+    # --- one step and its log line ------------------------------------------------------------
 
-    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
-               disable=cfg.quiet or not dist.main)
-    step = start_step
-    acc = {"loss": 0.0, "bce": 0.0, "dice": 0.0, "iou_mse": 0.0, "n": 0.0, "steps": 0}
-    t_log = time.time()
-    last_val = None
-    last_saved = start_step if state is not None else None
-    it = iter(loader)
-    try:
-        while step < end_step:
-            opt.zero_grad(set_to_none=True)
-            local = {"loss": 0.0, "bce": 0.0, "dice": 0.0, "iou_mse": 0.0, "n": 0.0}
-            for m in range(cfg.grad_accum):
-                batch = next(it)
-                sync = contextlib.nullcontext() if (dist.world == 1 or m == cfg.grad_accum - 1) else ddp.no_sync()
-                with sync:
-                    sums = ddp(batch["image"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True),
-                               batch["prompts"])
-                    (sums["loss"] / (cfg.batch_size * cfg.grad_accum)).backward()
-                for k in ("loss", "bce", "dice", "iou_mse"):
-                    local[k] += float(sums[k].detach())
-                local["n"] += len(batch["prompts"])
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            lr_now = opt.param_groups[0]["lr"]
-            opt.step()
-            sched.step()
-            step += 1
-            totals = dist.all_sum([local["loss"], local["bce"], local["dice"], local["iou_mse"], local["n"]], device)
-            for k, v in zip(("loss", "bce", "dice", "iou_mse", "n"), totals):
-                acc[k] += v
-            acc["steps"] += 1
-            if not math.isfinite(totals[0]):
-                raise BasamError(f"the training loss is not finite at step {step} ({totals[0]}); lower --lr or check the data")
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == end_step:
-                n = max(acc["n"], 1.0)
-                rec = {"step": step, "loss": acc["loss"] / n, "bce": acc["bce"] / n, "dice": acc["dice"] / n,
-                       "iou_mse": acc["iou_mse"] / n, "lr": lr_now, "grad_norm": float(grad_norm),
-                       "samples": step * G, "epoch": (step * G) / trainset.plan.epoch_size,
-                       "samples_per_s": acc["n"] / max(time.time() - t_log, 1e-9), "time": round(time.time() - t_start, 3)}
-                slopes = slopes_by_layer(model) if model.attention_config.bias else {}
-                if slopes:
-                    rec["slopes"] = slopes
-                log.write(rec)
-                scal = {f"train/{k}": rec[k] for k in ("loss", "bce", "dice", "iou_mse", "lr", "grad_norm")}
-                for layer, values in slopes.items():
-                    for h, v in enumerate(values):
-                        scal[f"slopes/{layer}/head{h}"] = v
-                log.scalars(step, scal)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr_now:.2e}")
-                acc = {"loss": 0.0, "bce": 0.0, "dice": 0.0, "iou_mse": 0.0, "n": 0.0, "steps": 0}
-                t_log = time.time()
-            if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < cfg.steps:
-                last_val = run_validation(step)
-            if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == end_step:
-                checkpoint(step)
-                last_saved = step
-    finally:
-        bar.close()
-    if step == cfg.steps and step > start_step and val_sets:
-        last_val = run_validation(step)
-    if last_saved != step and step > 0:
-        checkpoint(step)
-    log.close()
-    dist.barrier()
-    if not dist.main:
-        return {}
-    return {"step": step, "out": str(out), "checkpoint": str(ckpt_dir / ck.step_dir_name(step)), "val": last_val,
-            "seconds": time.time() - t_start, "trainable": len(trainable_names),
-            "trainable_params": int(sum(p.numel() for p in trainable))}
+    def step(self, it) -> Tuple[List[float], Tensor, float]:
+        """One optimiser step over ``grad_accum`` micro-batches from ``it``.
+
+        Returns the loss, bce, dice, iou_mse sums and the sample count, summed over ranks; the
+        gradient norm before clipping; the learning rate the step used.
+        """
+        cfg, dist, ddp = self.cfg, self.dist, self.ddp
+        self.opt.zero_grad(set_to_none=True)
+        local = {"loss": 0.0, "bce": 0.0, "dice": 0.0, "iou_mse": 0.0, "n": 0.0}
+        for m in range(cfg.grad_accum):
+            batch = next(it)
+            sync = contextlib.nullcontext() if (dist.world == 1 or m == cfg.grad_accum - 1) else ddp.no_sync()
+            with sync:
+                sums = ddp(batch["image"].to(self.device, non_blocking=True), batch["mask"].to(self.device, non_blocking=True),
+                           batch["prompts"])
+                (sums["loss"] / (cfg.batch_size * cfg.grad_accum)).backward()
+            for k in ("loss", "bce", "dice", "iou_mse"):
+                local[k] += float(sums[k].detach())
+            local["n"] += len(batch["prompts"])
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        lr_now = self.opt.param_groups[0]["lr"]
+        self.opt.step()
+        self.sched.step()
+        totals = dist.all_sum([local["loss"], local["bce"], local["dice"], local["iou_mse"], local["n"]], self.device)
+        return totals, grad_norm, lr_now
+
+    def log_step(self, step: int, acc: dict, grad_norm: Tensor, lr_now: float, t_log: float, bar) -> None:
+        """The training log line of ``step``: the means over the steps since the last one."""
+        n = max(acc["n"], 1.0)
+        G = self.G
+        rec = {"step": step, "loss": acc["loss"] / n, "bce": acc["bce"] / n, "dice": acc["dice"] / n,
+               "iou_mse": acc["iou_mse"] / n, "lr": lr_now, "grad_norm": float(grad_norm),
+               "samples": step * G, "epoch": (step * G) / self.trainset.plan.epoch_size,
+               "samples_per_s": acc["n"] / max(time.time() - t_log, 1e-9), "time": round(time.time() - self.t_start, 3)}
+        slopes = slopes_by_layer(self.model) if self.model.attention_config.bias else {}
+        if slopes:
+            rec["slopes"] = slopes
+        self.log.write(rec)
+        scal = {f"train/{k}": rec[k] for k in ("loss", "bce", "dice", "iou_mse", "lr", "grad_norm")}
+        for layer, values in slopes.items():
+            for h, v in enumerate(values):
+                scal[f"slopes/{layer}/head{h}"] = v
+        self.log.scalars(step, scal)
+        bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr_now:.2e}")
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def train(self) -> Dict[str, Any]:
+        from tqdm import tqdm
+
+        cfg, dist = self.cfg, self.dist
+        start_step, end_step = self.start_step, self.end_step
+        bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=cfg.quiet or not dist.main)
+        step = start_step
+        acc = _zero_acc()
+        t_log = time.time()
+        last_val = None
+        last_saved = start_step if self.state is not None else None
+        it = iter(self.loader)
+        try:
+            while step < end_step:
+                totals, grad_norm, lr_now = self.step(it)
+                step += 1
+                for k, v in zip(("loss", "bce", "dice", "iou_mse", "n"), totals):
+                    acc[k] += v
+                acc["steps"] += 1
+                if not math.isfinite(totals[0]):
+                    raise BasamError(f"the training loss is not finite at step {step} ({totals[0]}); lower --lr or check the data")
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == end_step:
+                    self.log_step(step, acc, grad_norm, lr_now, t_log, bar)
+                    acc = _zero_acc()
+                    t_log = time.time()
+                if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < cfg.steps:
+                    last_val = self.validation(step)
+                if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == end_step:
+                    self.save(step)
+                    last_saved = step
+        finally:
+            bar.close()
+        if step == cfg.steps and step > start_step and self.val_sets:
+            last_val = self.validation(step)
+        if last_saved != step and step > 0:
+            self.save(step)
+        self.log.close()
+        dist.barrier()
+        if not dist.main:
+            return {}
+        return {"step": step, "out": str(self.out), "checkpoint": str(self.ckpt_dir / self.ck.step_dir_name(step)), "val": last_val,
+                "seconds": time.time() - self.t_start, "trainable": len(self.trainable_names),
+                "trainable_params": int(sum(p.numel() for p in self.trainable))}
+
+
+def _zero_acc() -> Dict[str, float]:
+    return {"loss": 0.0, "bce": 0.0, "dice": 0.0, "iou_mse": 0.0, "n": 0.0, "steps": 0}
+
+
+def _run(cfg: TrainConfig, dist: Dist) -> Dict[str, Any]:
+    return _Training(cfg, dist).train()
