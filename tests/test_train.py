@@ -605,3 +605,16 @@ def test_the_loop_is_in_parts_and_dead_code_is_gone():
         assert callable(getattr(parts, name)), name
     assert len(inspect.getsource(trainer._run).splitlines()) <= 3
     assert max(len(inspect.getsource(getattr(parts, n)).splitlines()) for n in ("step", "log_step", "train", "save")) < 60
+
+
+def test_trained_outputs_record_follows_the_prompts():
+    """The saved model says which decoder outputs its training reached (the predictor's single-mask rule)."""
+    from basam.train.trainer import _trained_outputs
+
+    assert _trained_outputs("none", "point", True) == "multimask"  # from scratch, one point: basam_tiny's case
+    assert _trained_outputs("none", "box", True) == "single"
+    assert _trained_outputs("none", "mixed", True) == "all"
+    assert _trained_outputs("all", "point", True) == "all"  # fine-tuning an official model
+    assert _trained_outputs("multimask", "box", True) == "all"  # both now trained
+    assert _trained_outputs("multimask", "point", True) == "multimask"
+    assert _trained_outputs("multimask", "box", False) == "multimask"  # decoder frozen: unchanged

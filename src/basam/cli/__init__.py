@@ -42,6 +42,7 @@ COMMANDS: Dict[str, str] = {
     "bench": "bench",
     "amg": "amg",
     "export": "export",
+    "app": "app",
 }
 
 

@@ -257,11 +257,12 @@ EXTRAS = {
     "train": ("yaml", "tensorboard", "py_sod_metrics", "scipy"),
     "amg": ("pycocotools", "scipy"),  # RLE, small-region removal
     "onnx": ("onnx", "onnxruntime"),
+    "app": ("starlette", "uvicorn", "multipart", "pycocotools"),  # + [amg] for "segment everything"
 }
 
 
 #: import name -> the name pip installs it by, where they differ
-DISTRIBUTIONS = {"py_sod_metrics": "pysodmetrics", "yaml": "pyyaml"}
+DISTRIBUTIONS = {"py_sod_metrics": "pysodmetrics", "yaml": "pyyaml", "multipart": "python-multipart"}
 
 
 def require_extra(extra: str, command: str) -> None:

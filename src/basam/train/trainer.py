@@ -73,8 +73,6 @@ class TrainModule(nn.Module):
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
 
     def forward(self, images: Tensor, masks: Tensor, prompts: Sequence[dict]) -> Dict[str, Tensor]:
-        from ..models.sam import ImageFeatures
-
         sam = self.sam
         device = images.device
         R = self.resolution
@@ -89,7 +87,7 @@ class TrainModule(nn.Module):
         sums = {k: torch.zeros((), device=device) for k in ("loss", "bce", "dice", "iou_mse")}
         for (n_points, has_box), idx in groups.items():
             it = torch.tensor(idx, device=device)
-            f = ImageFeatures(feats.embeddings.index_select(0, it), [t.index_select(0, it) for t in feats.interm], feats.input_size)
+            f = feats.index_select(it)  # every level (embeddings, HQ's interm, multi-scale maps)
             coords = labels = boxes = None
             if n_points:
                 coords = torch.stack([torch.as_tensor(prompts[i]["coords"]) for i in idx]).to(device=device, dtype=torch.float32)
@@ -408,6 +406,28 @@ def _os_text(e: OSError) -> str:
     return e.strerror or " ".join(str(e).split()) or type(e).__name__
 
 
+def _starting_outputs(resumed: bool, latest, initial: bool, model) -> str:
+    """Which decoder outputs were trained before this run: the resumed checkpoint's record, the
+    initial weights' (``load_weights_into`` read it), or none (random init)."""
+    if resumed:
+        from ..checkpoint import read_metadata
+
+        return read_metadata(latest / "model.safetensors").get("trained_outputs", "all")
+    return model.trained_outputs if initial else "none"
+
+
+def _trained_outputs(starting: str, prompt: str, decoder_trained: bool) -> str:
+    """What the saved model records as ``trained_outputs`` (read by the predictor's single-mask rule).
+
+    One-point prompts train only the three multimask tokens (the min-loss candidate gets the
+    gradient); boxes and several points train only the single-mask token; ``mixed`` trains both.
+    """
+    if not decoder_trained or starting == "all":
+        return starting if starting != "none" else "all"
+    now = {"point": "multimask", "points:1": "multimask", "mixed": "all"}.get(prompt, "single")
+    return now if starting in ("none", now) else "all"
+
+
 class _Training:
     """One run of :func:`run`, in parts: :meth:`__init__` sets up (resume state, data, model,
     optimiser, DDP, output folder, logs, loader), :meth:`step` is one optimiser step,
@@ -461,6 +481,9 @@ class _Training:
             # initial weights: the one loading rule (untrained slopes start from --beta)
             load_weights_into(model, resolve_checkpoint(cfg.model, cfg.checkpoint), model_name=cfg.model)
         self.trainable_names = apply_policy(model, cfg.train)
+        model.trained_outputs = _trained_outputs(
+            _starting_outputs(state is not None, latest, cfg.checkpoint is not None, model), cfg.prompt,
+            decoder_trained=any(n.startswith("mask_decoder.") for n in self.trainable_names))
         model.to(device)
         set_train_mode(model)
         self.set_train_mode = set_train_mode
