@@ -556,6 +556,8 @@ def _export_staged(model: nn.Module, out: Path, resolution: int, *, opset: int, 
         "multimask_output": bool(multimask_output),
         "hq_token_only": bool(hq_token_only),
         "mask_threshold": float(getattr(model, "mask_threshold", 0.0)),
+        # which decoder outputs are trained (basam_tiny: multimask only); OnnxPredictor follows it
+        "trained_outputs": getattr(model, "trained_outputs", "all"),
         "image_format": getattr(model, "image_format", "RGB"),
         "encoder": ENCODER_FILE,
         "decoder": DECODER_FILE,

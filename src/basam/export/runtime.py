@@ -189,8 +189,15 @@ class OnnxPredictor:
         multimask_output = True if multimask_output is None else bool(multimask_output)
         masks, iou, low_res = self.decoder.run(None, self.decoder_inputs(point_coords, point_labels, box, mask_input))
         masks, iou, low_res = masks[0], iou[0], low_res[0]
-        if masks.shape[0] == 4:  # all of SAM's tokens: pick as SamPredictor does
-            sl = slice(1, None) if multimask_output else slice(0, 1)
+        if masks.shape[0] == 4:  # all of SAM's tokens: pick as basam.Predictor does
+            if multimask_output:
+                sl = slice(1, None)
+            elif self.meta.get("trained_outputs", "all") == "multimask":
+                # the single-mask token is untrained: the best-scoring multimask candidate instead
+                best = 1 + int(np.argmax(iou[1:]))
+                sl = slice(best, best + 1)
+            else:
+                sl = slice(0, 1)
             masks, iou, low_res = masks[sl], iou[sl], low_res[sl]
         if not return_logits:
             masks = masks > self.mask_threshold
