@@ -619,3 +619,85 @@ def test_prompt_errors():
         make_prompt(np.ones((2, 5, 5), bool), "box")
     assert make_prompt(np.ones((3, 3), bool), "box") != make_prompt(np.ones((3, 4), bool), "box")
     assert Prompt(box=np.zeros(4)) != Prompt(point_coords=np.zeros((1, 2)), point_labels=np.ones(1, int))
+
+
+# --------------------------------------------------------------------------------------------
+# Seeded train/test splits
+# --------------------------------------------------------------------------------------------
+
+
+def _generic(root: Path, n: int) -> Path:
+    for i in range(n):
+        _write_image(root / "images" / f"im{i:03d}.png")
+        _write_mask(root / "masks" / f"im{i:03d}.png")
+    return root
+
+
+def test_split_is_deterministic_disjoint_and_covers_all(tmp_path):
+    import hashlib
+
+    from basam.data import open_data_spec, parse_data_spec, split_samples
+    from basam.data.datasets import SPLIT_SEED, SPLIT_TEST_FRACTION
+
+    root = _generic(tmp_path / "kv", 37)
+    whole = open_datasets(root)[0]
+    (train,) = open_data_spec(f"{root}:split=train")
+    (test,) = open_data_spec(f"{root}:generic:split=test")
+    tr, te = [s.name for s in train], [s.name for s in test]
+    assert train.name == "kv-train" and test.name == "kv-test"
+    assert not set(tr) & set(te)
+    assert sorted(tr + te) == [s.name for s in whole]
+    assert len(te) == round(SPLIT_TEST_FRACTION * 37) == 7
+    assert tr == sorted(tr) and te == sorted(te)
+    # The documented rule, recomputed here: sort by stem, order by SHA-256 of the seeded name.
+    names = sorted(s.name for s in whole)
+    order = sorted(names, key=lambda n: hashlib.sha256(f"basam-split\0{SPLIT_SEED}\0{n}".encode()).digest())
+    assert set(te) == set(order[:7])
+    # No dependence on the order the names come in, nor on the run.
+    assert split_samples(reversed(names)) == split_samples(names) == (tr, te)
+    assert parse_data_spec(f"{root}:split=test").split == "test"
+    with pytest.raises(InputError, match="unknown split"):
+        parse_data_spec(f"{root}:split=val")
+
+
+def test_split_is_the_same_in_a_fresh_process(tmp_path):
+    from basam.data import open_data_spec
+
+    root = _generic(tmp_path / "kv", 20)
+    code = "import sys; from basam.data import open_data_spec; print(' '.join(s.name for s in open_data_spec(sys.argv[1])[0]))"
+    env = dict(os.environ, PYTHONPATH=str(SRC), PYTHONHASHSEED="123")
+    out = subprocess.run([sys.executable, "-c", code, f"{root}:split=test"], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [s.name for s in open_data_spec(f"{root}:split=test")[0]]
+
+
+def test_the_test_part_never_reaches_training(tmp_path):
+    from basam.data import open_data_spec
+    from basam.train.data import TrainSet, open_weighted
+
+    root = _generic(tmp_path / "kv", 25)
+    test_names = {s.name for s in open_data_spec(f"{root}:split=test")[0]}
+    with pytest.raises(InputError, match="held out"):
+        open_weighted([f"{root}:split=test"])
+    datasets, weights = open_weighted([f"{root}:split=train@2"])
+    assert [d.name for d in datasets] == ["kv-train"] and weights == [2.0]
+    ts = TrainSet(datasets, weights, resolution=64, seed=0)
+    seen = {datasets[0][ts.plan.locate(p)[1]].name for p in range(3 * len(ts))}
+    assert seen and not seen & test_names
+    assert len(seen) == 25 - len(test_names)
+
+
+def test_evaluate_reads_a_split_and_keys_it(tmp_path):
+    from basam.evaluate import _canonical_data
+
+    root = _generic(tmp_path / "kv", 10)
+    key = _canonical_data(f"{root}:split=test")
+    assert key.endswith(":split=test") and key != _canonical_data(str(root))
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "kvasir-seg").is_dir(), reason="../shared/data/kvasir-seg absent")
+def test_kvasir_split_sizes():
+    from basam.data import open_data_spec
+
+    (train,) = open_data_spec(f"{SHARED_DATA / 'kvasir-seg'}:split=train")
+    (test,) = open_data_spec(f"{SHARED_DATA / 'kvasir-seg'}:split=test")
+    assert (len(train), len(test)) == (640, 160)

@@ -618,3 +618,169 @@ def test_trained_outputs_record_follows_the_prompts():
     assert _trained_outputs("multimask", "box", True) == "all"  # both now trained
     assert _trained_outputs("multimask", "point", True) == "multimask"
     assert _trained_outputs("multimask", "box", False) == "multimask"  # decoder frozen: unchanged
+
+
+# ----------------------------------------------------------------------------------------------
+# Mixed prompts, the refinement pass, the decode cache
+
+
+def _blob_mask(R: int = 64) -> np.ndarray:
+    yy, xx = np.mgrid[:R, :R]
+    return ((yy - 30) ** 2 + (xx - 26) ** 2 < 14**2) | ((yy >= 40) & (yy < 56) & (xx >= 36) & (xx < 58))
+
+
+def test_mixed_prompts_have_their_seeded_frequencies():
+    from basam.train.data import MIXED_KINDS, sample_prompt
+
+    mask = _blob_mask()
+    n = 3000
+    kinds = [sample_prompt(mask, "mixed", np.random.default_rng([7, i]), 0.1)["kind"] for i in range(n)]
+    groups = ["points" if k.startswith("points:") else k for k in kinds]
+    for kind, p in MIXED_KINDS.items():
+        freq = groups.count(kind) / n
+        assert abs(freq - p) < 4 * (p * (1 - p) / n) ** 0.5, (kind, freq, p)
+    assert {int(k.split(":")[1]) for k in kinds if k.startswith("points:")} == {2, 3, 4, 5}
+    again = [sample_prompt(mask, "mixed", np.random.default_rng([7, i]), 0.1)["kind"] for i in range(200)]
+    assert again == kinds[:200]
+
+
+def test_prompt_points_lie_inside_or_outside_as_labelled():
+    from basam.train.data import sample_prompt
+
+    mask = _blob_mask()
+    n_neg = 0
+    for i in range(600):
+        p = sample_prompt(mask, "mixed", np.random.default_rng([3, i]), 0.1)
+        if p["coords"] is not None:
+            x, y = p["coords"][:, 0].astype(int), p["coords"][:, 1].astype(int)
+            assert np.array_equal(mask[y, x], p["labels"] == 1), p
+            assert p["labels"][0] == 1  # the first click is always on the object
+            n_neg += int((p["labels"] == 0).sum())
+        if p["kind"] in ("box", "box+point"):
+            assert p["box"] is not None and p["box"][0] <= p["box"][2] and p["box"][1] <= p["box"][3]
+        if p["kind"] == "box+point":
+            assert len(p["coords"]) == 1
+        assert p["refine"] == (p["kind"] == "refine")
+    assert n_neg > 20  # the several-points prompts carry negatives
+    bp = sample_prompt(mask, "box+point", np.random.default_rng(0), 0.0)
+    ys, xs = np.nonzero(mask)
+    assert np.array_equal(bp["box"], np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32))  # no noise: the tight box
+    x, y = bp["coords"][0].astype(int)
+    assert mask[y, x]
+
+
+def test_corrective_point_comes_from_the_error_region():
+    from basam.train.data import corrective_point
+
+    gt = torch.zeros(32, 32, dtype=torch.bool)
+    gt[8:24, 8:24] = True
+    missed = gt.clone()
+    missed[8:24, 16:24] = False  # false negatives only: a positive click there
+    for s in range(20):
+        (x, y), label = corrective_point(missed, gt, s)
+        assert label == 1 and gt[int(y), int(x)] and not missed[int(y), int(x)]
+    spilled = gt.clone()
+    spilled[0:4, :] = True  # false positives only: a negative click there
+    (x, y), label = corrective_point(spilled, gt, 1)
+    assert label == 0 and spilled[int(y), int(x)] and not gt[int(y), int(x)]
+    (x, y), label = corrective_point(gt, gt, 2)  # no error: a foreground click
+    assert label == 1 and gt[int(y), int(x)]
+
+
+def _module(point_single_weight: float = 0.0):
+    from basam.train.losses import LossWeights
+    from basam.train.trainer import TrainModule
+
+    torch.manual_seed(0)
+    sam = create_model("sam_vit_b", attention=AttentionConfig.from_preset("vanilla"), **VIT)
+    sam.eval()
+    return TrainModule(sam, 128, LossWeights(), None, point_single_weight)
+
+
+def _token_grads(module) -> list:
+    mlps = module.sam.mask_decoder.output_hypernetworks_mlps
+    return [sum(float(p.grad.abs().sum()) for p in m.parameters() if p.grad is not None) for m in mlps]
+
+
+def test_refinement_pass_runs_and_trains_the_single_mask_token():
+    from basam.train.data import sample_prompt
+
+    mask = torch.from_numpy(np.pad(_blob_mask(), ((32, 32), (32, 32))))
+    image = (mask[None].repeat(3, 1, 1).to(torch.uint8) * 180 + 30)[None]
+    point = sample_prompt(mask.numpy(), "point", np.random.default_rng(0))
+    refine = dict(point, refine=True, refine_seed=5, kind="refine")
+
+    module = _module()
+    module(image, mask[None], [point])["loss"].backward()
+    plain = _token_grads(module)
+    assert plain[0] == 0 and sum(g > 0 for g in plain[1:]) == 1  # one point alone: the min-loss multimask token only
+
+    module = _module()
+    calls = []
+    orig = module.sam.decode
+    module.sam.decode = lambda *a, **k: calls.append((a[4] is not None, k["multimask_output"])) or orig(*a, **k)
+    sums = module(image, mask[None], [refine])
+    sums["loss"].backward()
+    assert calls == [(False, True), (True, False)]  # pass 1 multimask; pass 2 single-mask with the mask input
+    grads = _token_grads(module)
+    assert grads[0] > 0 and sum(g > 0 for g in grads[1:]) == 1
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in module.sam.prompt_encoder.mask_downscaling.parameters())
+    assert float(sums["loss"].detach()) > float(_module()(image, mask[None], [point])["loss"].detach())  # two passes' losses
+
+
+def test_point_single_weight_trains_every_token_in_one_pass():
+    from basam.train.data import sample_prompt
+    from basam.train.trainer import _trained_outputs
+
+    mask = torch.from_numpy(np.pad(_blob_mask(), ((32, 32), (32, 32))))
+    image = (mask[None].repeat(3, 1, 1).to(torch.uint8) * 180 + 30)[None]
+    point = sample_prompt(mask.numpy(), "point", np.random.default_rng(0))
+    module = _module(point_single_weight=1.0)
+    module(image, mask[None], [point])["loss"].backward()
+    grads = _token_grads(module)
+    assert grads[0] > 0 and sum(g > 0 for g in grads[1:]) == 1
+    assert _trained_outputs("none", "point", True, point_single_weight=1.0) == "all"
+
+
+def test_decode_cache_hit_equals_a_fresh_decode_and_a_bad_file_is_rebuilt(tmp_path, data):
+    from basam.data import open_datasets
+    from basam.train.cache import DecodeCache, prepare
+
+    ds = open_datasets(data[0])[0]
+    cache = DecodeCache(tmp_path / "cache", side=100)
+    fresh = prepare(ds, 1, 100)
+    assert max(fresh[0].shape[:2]) == 100 and fresh[1].dtype == bool
+    first = cache.load(ds, 1)
+    second = cache.load(ds, 1)
+    assert (cache.misses, cache.hits) == (1, 1)
+    for got in (first, second):
+        assert np.array_equal(got[0], fresh[0]) and np.array_equal(got[1], fresh[1]) and got[1].dtype == bool
+    path = cache.path_for(cache.key(ds, 1))
+    good = path.read_bytes()
+    for bad in (good[: len(good) // 2], b"not a zip file", b""):  # partial, corrupt, empty
+        path.write_bytes(bad)
+        got = cache.load(ds, 1)
+        assert np.array_equal(got[0], fresh[0]) and np.array_equal(got[1], fresh[1])
+        assert path.read_bytes() == good  # rewritten whole
+    # Another file's entry under this name (a wrong key) is not trusted either.
+    other = cache.path_for(cache.key(ds, 2))
+    cache.load(ds, 2)
+    path.write_bytes(other.read_bytes())
+    assert np.array_equal(cache.load(ds, 1)[0], fresh[0])
+    # An edited source is a new key.
+    key = cache.key(ds, 1)
+    os.utime(ds[1].image_path, ns=(1, 1))
+    assert cache.key(ds, 1) != key
+    assert not list((tmp_path / "cache").glob(".*.tmp"))
+
+
+def test_mixed_training_with_the_cache_runs_and_records_all_outputs(tmp_path, data):
+    out = tmp_path / "run"
+    cfg = _cfg(out, data, prompt="mixed", batch_size=4, steps=2, cache_dir=str(tmp_path / "cache"), cache_side=120,
+               point_single_weight=0.5)
+    res = run(cfg)
+    assert res["step"] == 2
+    assert len(list((tmp_path / "cache").glob("*.npz"))) >= 1
+    # "all" is the default, written as no key; a point-only run would write "multimask"
+    assert read_metadata(Path(res["checkpoint"]) / "model.safetensors").get("trained_outputs", "all") == "all"
+    assert all(np.isfinite(r["loss"]) for r in _log(out) if "loss" in r)

@@ -176,17 +176,18 @@ def _os_text(e: OSError) -> str:
 
 
 def _canonical_data(spec: str) -> str:
-    """``PATH[:LAYOUT]`` with PATH resolved (:func:`basam.io.canonical_path`): the same folder
-    given relatively or absolutely is the same run."""
-    from .data.datasets import parse_data_arg
+    """``PATH[:LAYOUT][:split=S]`` with PATH resolved (:func:`basam.io.canonical_path`): the same
+    folder given relatively or absolutely is the same run."""
+    from .data.datasets import parse_data_spec
     from .io import canonical_path
 
     try:
-        root, layout = parse_data_arg(spec)
+        ds = parse_data_spec(spec)
     except InputError:
         return spec
-    path = str(canonical_path(root))
-    return f"{path}:{layout}" if layout else path
+    path = str(canonical_path(ds.path))
+    path = f"{path}:{ds.layout}" if ds.layout else path
+    return f"{path}:split={ds.split}" if ds.split else path
 
 
 def _canonical_checkpoint(path: Optional[str]) -> Optional[str]:
@@ -237,7 +238,7 @@ def run(settings: EvalSettings, out: Path, device: str = "cpu", progress: bool =
     from tqdm import tqdm
 
     from .attention import AttentionConfig
-    from .data.datasets import open_datasets, parse_data_arg
+    from .data.datasets import open_data_spec
     from .data.prompts import make_prompt
     from .load import load_model
     from .predictor import Predictor
@@ -246,8 +247,7 @@ def run(settings: EvalSettings, out: Path, device: str = "cpu", progress: bool =
     # Validate everything before any work: data, model, checkpoint, output folder.
     datasets = []
     for spec in settings.data:
-        root, layout = parse_data_arg(spec)
-        datasets.extend(open_datasets(root, layout))
+        datasets.extend(open_data_spec(spec))
     names = [d.name for d in datasets]
     if len(set(names)) != len(names):
         raise InputError(f"two datasets share a name ({', '.join(names)}); give them distinct folders")

@@ -45,8 +45,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                 "  torchrun --standalone --nproc_per_node 4 -m basam.evaluate --data DIS5K/:dis5k ... --out runs/dis"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", metavar="PATH[:LAYOUT]", action="append", required=True,
-                   help="dataset folder, layout detected or named: duts, dis5k, cod10k, isic, generic (repeatable)")
+    p.add_argument("--data", metavar="PATH[:LAYOUT][:split=S]", action="append", required=True,
+                   help="dataset folder, layout detected or named: duts, dis5k, cod10k, isic, generic (repeatable); "
+                        ":split=test or :split=train takes basam.data's fixed seeded 20/80 part of it")
     add_model_options(p, checkpoint_help="weights file; default: the official download", hq_fusion=True)
     p.add_argument("--resolutions", metavar="R", type=parse_resolution, nargs="+", default=[1024],
                    help="working resolutions; Δdiff is reported against the first (default: 1024)")

@@ -49,10 +49,23 @@ sample's name. Never paired, and listed in :attr:`SegmentationDataset.skipped` a
 A missing folder, an image folder without images or a mask folder without masks raise
 :class:`~basam.errors.InputError`. A dataset all of whose pairs are skipped is still
 returned (with no samples) so that the caller can report it.
+
+Splits
+------
+A dataset that ships without a test split (Kvasir-SEG) is split here: ``PATH[:LAYOUT]:split=test``
+or ``:split=train`` (in ``basam evaluate --data``, ``basam train --data`` / ``--val-data``, and
+the YAML ``data:`` lists). The split is fixed, not an option, so that every machine and every
+run sees the same parts: each paired sample (its name, the relative file stem) gets the key
+``SHA-256("basam-split\\0<SPLIT_SEED>\\0<name>")``; the samples sorted by name are put in the
+order of their keys (a seeded permutation that no RNG library version can change), and the first
+``round(SPLIT_TEST_FRACTION * n)`` of that order (:data:`SPLIT_TEST_FRACTION` = 0.2,
+:data:`SPLIT_SEED` = 0) are the test part, the rest the train part. Both parts keep the name
+order; the dataset is named ``<name>-test`` / ``<name>-train``. Training refuses a test part.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import warnings
@@ -74,6 +87,14 @@ __all__ = [
     "parse_data_arg",
     "detect_layout",
     "open_datasets",
+    "SPLITS",
+    "SPLIT_TEST_FRACTION",
+    "SPLIT_SEED",
+    "DataSpec",
+    "parse_data_spec",
+    "split_samples",
+    "apply_split",
+    "open_data_spec",
 ]
 
 #: Known layouts, in the order they are documented (detection order: see :data:`_DETECT_ORDER`).
@@ -595,3 +616,81 @@ def open_datasets(root: Path, layout: str | None = None) -> list[SegmentationDat
     datasets = [_build(u, layout) for u in found.units]
     datasets.sort(key=lambda d: d.name)
     return datasets
+
+
+# --------------------------------------------------------------------------------------------
+# Seeded train/test splits
+# --------------------------------------------------------------------------------------------
+
+#: The parts a ``:split=`` suffix can name.
+SPLITS: tuple[str, ...] = ("train", "test")
+#: Share of a dataset's pairs in its test part (rounded to the nearest whole pair).
+SPLIT_TEST_FRACTION: float = 0.2
+#: Seed of the split's permutation (fixed: the test part must be the same on every machine).
+SPLIT_SEED: int = 0
+
+_SPLIT_SUFFIX = re.compile(r"(?i):split=([A-Za-z0-9_-]*)$")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A parsed ``PATH[:LAYOUT][:split=train|test]`` argument (``split`` None: the whole dataset)."""
+
+    path: Path
+    layout: str | None
+    split: str | None
+
+
+def parse_data_spec(arg: str) -> DataSpec:
+    """Parse ``PATH[:LAYOUT][:split=train|test]``: the split suffix, then :func:`parse_data_arg`.
+
+    Raises:
+        InputError: an unknown split name, or what :func:`parse_data_arg` raises.
+    """
+    if not isinstance(arg, str):
+        arg = os.fsdecode(arg)
+    split = None
+    m = _SPLIT_SUFFIX.search(arg)
+    if m and not Path(arg).expanduser().exists():
+        split = m.group(1).lower()
+        if split not in SPLITS:
+            raise InputError(f"unknown split {m.group(1)!r} in {arg!r}: expected split=train or split=test")
+        arg = arg[: m.start()]
+        if not arg:
+            raise InputError("empty data path before ':split=': expected PATH[:LAYOUT]:split=train|test")
+    path, layout = parse_data_arg(arg)
+    return DataSpec(path, layout, split)
+
+
+def _split_key(name: str) -> bytes:
+    return hashlib.sha256(f"basam-split\0{SPLIT_SEED}\0{name}".encode("utf-8")).digest()
+
+
+def split_samples(names: Iterable[str]) -> tuple[list[str], list[str]]:
+    """``(train, test)`` names of a dataset's pairs (see "Splits" in the module docstring).
+
+    Deterministic, disjoint, and together every name once; each part in sorted order.
+    """
+    ordered = sorted(set(names))
+    perm = sorted(ordered, key=lambda n: (_split_key(n), n))  # ties (never, for SHA-256) by name
+    n_test = int(round(SPLIT_TEST_FRACTION * len(ordered)))
+    test = set(perm[:n_test])
+    return [n for n in ordered if n not in test], [n for n in ordered if n in test]
+
+
+def apply_split(ds: SegmentationDataset, split: str | None) -> SegmentationDataset:
+    """The ``split`` part of ``ds`` (a new dataset named ``<name>-<split>``); ``ds`` for None."""
+    if split is None:
+        return ds
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+    train, test = split_samples(s.name for s in ds.samples)
+    keep = set(train if split == "train" else test)
+    return SegmentationDataset(f"{ds.name}-{split}", ds.root, ds.layout, [s for s in ds.samples if s.name in keep],
+                               list(ds.skipped))
+
+
+def open_data_spec(arg: str) -> list[SegmentationDataset]:
+    """Open the datasets a ``PATH[:LAYOUT][:split=train|test]`` argument names, each split."""
+    spec = parse_data_spec(arg)
+    return [apply_split(d, spec.split) for d in open_datasets(spec.path, spec.layout)]

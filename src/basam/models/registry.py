@@ -19,10 +19,11 @@ from .mask_decoder import MaskDecoder
 from .mask_decoder_hq import MaskDecoderHQ
 from .prompt_encoder import PromptEncoder
 from .sam import Sam
+from .sam2 import HieraConfig  # registers the SAM 2 family
 from .tiny_vit import TinyViTConfig
 from .transformer import TwoWayTransformer
 
-__all__ = ["ModelSpec", "Oracle", "DecoderConfig", "ViTConfig", "TinyViTConfig", "MODEL_SPECS", "register",
+__all__ = ["ModelSpec", "Oracle", "DecoderConfig", "ViTConfig", "TinyViTConfig", "HieraConfig", "MODEL_SPECS", "register",
            "unregister", "get_spec", "list_models", "shrink", "build_sam", "create_model"]
 
 
@@ -229,6 +230,32 @@ register(ModelSpec(
 ))
 
 
+# SAM 2 / SAM 2.1 (image prediction only; the video weights are dropped on load). Architectures
+# from the sam2 package's configs/sam2{,.1}/*.yaml (identical between 2.0 and 2.1 for images).
+_HIERA = {
+    "tiny": HieraConfig(96, 1, (1, 2, 7, 2), (5, 7, 9), (8, 4, 14, 7), (7, 7)),
+    "small": HieraConfig(96, 1, (1, 2, 11, 2), (7, 10, 13), (8, 4, 14, 7), (7, 7)),
+    "base_plus": HieraConfig(112, 2, (2, 3, 16, 3), (12, 16, 20), (8, 4, 14, 7), (14, 14)),
+    "large": HieraConfig(144, 2, (2, 6, 36, 4), (23, 33, 43), (8, 4, 16, 8), (7, 7)),
+}
+_SAM2_PAGE = "https://github.com/facebookresearch/sam2#model-description"
+_SAM2_CFG = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
+#: The official SAM 2 files (URLs from the sam2 README / checkpoints/download_ckpts.sh). No
+#: SHA-256 was found published for them, and every file on a ModelSpec must have its hash pinned
+#: (tests/test_hub.py), so they are not attached to the specs yet: load them with checkpoint=PATH.
+SAM2_OFFICIAL_FILES: Dict[str, CheckpointInfo] = {}
+for _version, _release, _cfg_dir in (("sam2.1", "092824", "configs/sam2.1/sam2.1"), ("sam2", "072824", "configs/sam2/sam2")):
+    for _size, _hiera in _HIERA.items():
+        _name = f"{_version}_hiera_{_size}"
+        SAM2_OFFICIAL_FILES[_name] = CheckpointInfo(
+            filename=f"{_name}.pt", url=f"https://dl.fbaipublicfiles.com/segment_anything_2/{_release}/{_name}.pt",
+            sha256=None, size_bytes=None, source_page=_SAM2_PAGE)
+        register(ModelSpec(
+            _name, _hiera, description=f"SAM {_version[3:]} Hiera-{_size.replace('_plus', '+')} (image prediction)",
+            oracle=Oracle("sam2", f"{_cfg_dir}_hiera_{_SAM2_CFG[_size]}.yaml", "sam2"),
+        ))
+
+
 def list_models() -> Tuple[str, ...]:
     return tuple(MODEL_SPECS)
 
@@ -261,8 +288,11 @@ def _replace_checked(cfg, overrides: dict, what: str):
 def build_sam(spec: ModelSpec, attention: Optional[AttentionConfig] = None, hq_fusion: str = "add") -> Sam:
     """Instantiate ``spec`` with freshly initialised weights (train mode)."""
     attention = attention or AttentionConfig()
+    family = family_of(spec.encoder)
+    if getattr(family, "build_model", None) is not None:  # a family whose whole model differs (SAM 2)
+        return family.build_model(spec, attention)
     d = spec.decoder
-    encoder = family_of(spec.encoder).build_encoder(spec.encoder, img_size=spec.img_size, out_chans=d.transformer_dim,
+    encoder = family.build_encoder(spec.encoder, img_size=spec.img_size, out_chans=d.transformer_dim,
                                                     attention=attention)
     transformer = TwoWayTransformer(depth=d.depth, embedding_dim=d.transformer_dim, num_heads=d.num_heads, mlp_dim=d.mlp_dim)
     common = dict(transformer_dim=d.transformer_dim, transformer=transformer, num_multimask_outputs=3, iou_head_depth=3,

@@ -37,7 +37,8 @@ __all__ = [
 ATTENTION_PRESETS = tuple(PRESETS)
 ATTENTION_DISTANCES = DISTANCES
 POLICY_PARTS = ("slopes", "decoder", "hq", "full")
-PROMPT_HELP = "point (one random foreground pixel, default), box, points:K (K random foreground pixels) or mixed"
+PROMPT_HELP = ("point (one random foreground pixel, default), box, box+point, points:K (K random foreground pixels) or mixed "
+               "(points with negatives, boxes, box+point and previous-mask refinement)")
 
 
 @dataclass
@@ -64,6 +65,9 @@ class TrainConfig:
     hflip: float = 0.5
     prompt: str = "point"
     box_noise: float = 0.1
+    point_single_weight: float = 0.0
+    cache_dir: Optional[str] = None
+    cache_side: int = 0
     num_workers: int = 2
     seed: int = 0
     # optimisation
@@ -84,6 +88,8 @@ class TrainConfig:
     eval_every: int = 500
     val_max_images: Optional[int] = None
     val_seed: int = 0
+    val_prompt: str = "point"
+    val_single: bool = False
     log_every: int = 10
     save_every: int = 500
     keep: int = 3
@@ -103,7 +109,7 @@ class TrainConfig:
 #: may everything about validation, logging, saving and the machine.
 RUN_DEFINING = (
     "model", "checkpoint", "architecture", "attention", "beta", "dist", "nsf_count", "decoder_nsf", "hq_fusion", "train",
-    "data", "resolution", "crop_scale", "crop_ratio", "hflip", "prompt", "box_noise", "seed", "batch_size", "grad_accum",
+    "data", "resolution", "crop_scale", "crop_ratio", "hflip", "prompt", "box_noise", "point_single_weight", "cache_side", "seed", "batch_size", "grad_accum",
     "lr", "min_lr", "warmup", "weight_decay", "betas", "grad_clip", "bce_weight", "dice_weight", "iou_weight", "precision",
 )
 
@@ -221,9 +227,9 @@ def _architecture(v: Any) -> Optional[dict]:
 
 
 def parse_prompt(v: Any) -> str:
-    """``point``, ``box``, ``mixed`` or ``points:K`` with K >= 1."""
+    """``point``, ``box``, ``box+point``, ``mixed`` or ``points:K`` with K >= 1."""
     s = _str(v).strip()
-    if s in ("point", "box", "mixed"):
+    if s in ("point", "box", "box+point", "mixed"):
         return s
     if s.startswith("points:"):
         try:
@@ -284,15 +290,22 @@ OPTIONS: Tuple[Option, ...] = (
     Option("train", parse_policy, "what is trained: slopes (the BA-SAM slopes only, default), decoder (mask_decoder.*), "
            "hq (HQ-SAM's own modules), full (everything), or a + of them (decoder+slopes)", "POLICY"),
     # data
-    Option("data", _str_list, "training set PATH[:LAYOUT][@WEIGHT]; repeatable; datasets are drawn with probability "
-           "proportional to WEIGHT (default 1 each)", "PATH[:LAYOUT][@W]", "data", "append"),
-    Option("val_data", _str_list, "validation set PATH[:LAYOUT]; repeatable; metrics reported per dataset", "PATH[:LAYOUT]", "data", "append"),
+    Option("data", _str_list, "training set PATH[:LAYOUT][:split=train][@WEIGHT]; repeatable; datasets are drawn with probability "
+           "proportional to WEIGHT (default 1 each); :split=train is basam.data's fixed seeded 80 %% part (the test part is refused)",
+           "PATH[:LAYOUT][@W]", "data", "append"),
+    Option("val_data", _str_list, "validation set PATH[:LAYOUT][:split=test]; repeatable; metrics reported per dataset",
+           "PATH[:LAYOUT]", "data", "append"),
     Option("resolution", _resolution, "training resolution R: the crop is resized to R x R (default 1024)", "R", "data"),
     Option("crop_scale", _float_list(2), "RandomResizedCrop area range (default 0.5,1.0)", "LO,HI", "data"),
     Option("crop_ratio", _float_list(2), "RandomResizedCrop aspect range (default 0.75,1.333)", "LO,HI", "data"),
     Option("hflip", _float, "probability of a horizontal flip (default 0.5)", "P", "data"),
     Option("prompt", parse_prompt, f"training prompts sampled from the augmented mask: {PROMPT_HELP}", "KIND", "data"),
     Option("box_noise", _nonneg(_float), "box prompts: std of the corner noise as a fraction of the box side (default 0.1)", "F", "data"),
+    Option("point_single_weight", _nonneg(_float), "one-point prompts: weight of the single-mask output's loss beside the best "
+           "multimask candidate's (default 0: SAM's rule, the single-mask token learns from boxes and several points only)", "W", "data"),
+    Option("cache_dir", _opt(_str), "decode each image once into this folder (uint8 .npz, keyed by path, size and mtime) "
+           "instead of decoding JPEGs every step", "DIR", "data"),
+    Option("cache_side", _nonneg(_int), "shrink images to this longest side once, before augmentation (0: keep; default 0)", "PX", "data"),
     Option("num_workers", _nonneg(_int), "DataLoader worker processes per rank (default 2)", "N", "data"),
     Option("seed", _int, "seed of the initialisation, sampling and augmentation (default 0)", "N", "data"),
     # optimisation
@@ -313,6 +326,9 @@ OPTIONS: Tuple[Option, ...] = (
     Option("eval_every", _nonneg(_int), "validate every N steps (0: only at the end; default 500)", "N", "run"),
     Option("val_max_images", _opt(_positive(_int)), "validate on at most N images per dataset", "N", "run"),
     Option("val_seed", _int, "seed of the validation point prompts (default 0)", "N", "run"),
+    Option("val_prompt", _choice(("point", "center")), "validation prompt: point (a seeded random foreground pixel, default) "
+           "or center (the pixel farthest from the boundary)", "KIND", "run"),
+    Option("val_single", _bool, "also validate the single-mask output (logged as val_single)", kind="bool", group="run"),
     Option("log_every", _positive(_int), "log the training loss every N steps (default 10)", "N", "run"),
     Option("save_every", _nonneg(_int), "checkpoint every N steps (0: only at the end; default 500)", "N", "run"),
     Option("keep", _positive(_int), "keep the last N checkpoints (default 3)", "N", "run"),

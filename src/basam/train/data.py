@@ -31,7 +31,11 @@ this is deterministic.
 Prompts (``--prompt``), from the augmented mask, in pixels of the R x R input:
 ``point`` one random foreground pixel (the paper's); ``points:K`` K random foreground pixels;
 ``box`` the tight box with Gaussian corner noise of std ``box_noise`` x the box side (SAM's);
-``mixed`` per sample one of: a point, a box, or 2-5 points (equally likely).
+``box+point`` a noisy box and one foreground pixel; ``mixed`` per sample one of
+:data:`MIXED_KINDS`: one point (30 %), 2-5 points with negatives (20 %), a box (15 %), box + point
+(15 %), or a refinement sample (20 %: a point or a box whose first prediction the trainer feeds
+back as the mask input with a corrective point drawn from its error region, as SAM's
+interactive training does; see :func:`corrective_point`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from ..errors import InputError
 
@@ -57,6 +62,8 @@ __all__ = [
     "TrainSet",
     "collate",
     "sample_prompt",
+    "corrective_point",
+    "MIXED_KINDS",
 ]
 
 MAX_CROP_ATTEMPTS = 10
@@ -69,11 +76,13 @@ class DataArg:
     layout: Optional[str]
     weight: float
     text: str
+    split: Optional[str] = None
 
 
 def parse_weighted_data_arg(arg: str) -> DataArg:
-    """``PATH[:LAYOUT][@WEIGHT]``: the weight is what follows the last ``@`` when it is a number."""
-    from ..data.datasets import parse_data_arg
+    """``PATH[:LAYOUT][:split=train|test][@WEIGHT]``: the weight is what follows the last ``@``
+    when it is a number; the split is :func:`basam.data.parse_data_spec`'s."""
+    from ..data.datasets import parse_data_spec
 
     head, sep, tail = arg.rpartition("@")
     weight = 1.0
@@ -87,8 +96,8 @@ def parse_weighted_data_arg(arg: str) -> DataArg:
             if not math.isfinite(w) or w <= 0:
                 raise InputError(f"data weight must be a positive number, got {tail!r} in {arg!r}")
             weight, spec = w, head
-    path, layout = parse_data_arg(spec)
-    return DataArg(path, layout, weight, arg)
+    ds = parse_data_spec(spec)
+    return DataArg(ds.path, ds.layout, weight, arg, ds.split)
 
 
 def open_weighted(args: Sequence[str]) -> Tuple[list, List[float]]:
@@ -96,15 +105,18 @@ def open_weighted(args: Sequence[str]) -> Tuple[list, List[float]]:
 
     One argument can hold several datasets (a dis5k root holds its subsets): its weight is split
     among them in proportion to their sizes. Datasets with no samples are left out (with a
-    warning); none left at all is an error.
+    warning); none left at all is an error. A ``:split=test`` part is refused: it is held out
+    for evaluation, and training on it would void the evaluation.
     """
-    from ..data.datasets import open_datasets
+    from ..data.datasets import apply_split, open_datasets
 
     datasets, weights = [], []
     seen = set()
     for text in args:
         a = parse_weighted_data_arg(text)
-        found = [d for d in open_datasets(a.path, a.layout) if len(d) > 0]
+        if a.split == "test":
+            raise InputError(f"--data {text}: the test part of a split is held out for evaluation; train on :split=train")
+        found = [d for d in (apply_split(x, a.split) for x in open_datasets(a.path, a.layout)) if len(d) > 0]
         if not found:
             raise InputError(f"--data {text}: no usable image/mask pairs")
         total = sum(len(d) for d in found)
@@ -197,32 +209,121 @@ def _foreground(mask: np.ndarray) -> np.ndarray:
     return np.flatnonzero(mask)
 
 
+def _tight_box(mask: np.ndarray) -> np.ndarray:
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float64)
+
+
+def _noisy_box(mask: np.ndarray, rng: np.random.Generator, box_noise: float) -> np.ndarray:
+    """The tight box with Gaussian corner noise (std ``box_noise`` x the box side), clipped, (4,) float32."""
+    h, w = mask.shape
+    box = _tight_box(mask)
+    if box_noise > 0:
+        side = np.array([box[2] - box[0], box[3] - box[1]] * 2, dtype=np.float64)
+        box = box + rng.normal(0.0, 1.0, 4) * box_noise * np.maximum(side, 1.0)
+        box = np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1])
+        box = np.array([min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])])
+    return box.astype(np.float32)
+
+
+def _pixels(flat: np.ndarray, k: int, rng: np.random.Generator, w: int) -> np.ndarray:
+    """``k`` of the row-major pixel indices ``flat`` (without replacement where there are enough) as (k, 2) x, y."""
+    pick = rng.choice(flat.size, size=k, replace=flat.size < k)
+    rows, cols = np.divmod(flat[pick], w)
+    return np.stack([cols, rows], axis=1).astype(np.float32)
+
+
+def _negative_pool(mask: np.ndarray) -> np.ndarray:
+    """Background pixels near the object (its tight box grown by a quarter of its side each way),
+    where a user's negative click lands; all background if none lie there."""
+    h, w = mask.shape
+    x0, y0, x1, y1 = _tight_box(mask)
+    gx, gy = 0.25 * (x1 - x0 + 1), 0.25 * (y1 - y0 + 1)
+    near = np.zeros_like(mask)
+    near[max(0, int(y0 - gy)): min(h, int(y1 + gy) + 1), max(0, int(x0 - gx)): min(w, int(x1 + gx) + 1)] = True
+    pool = np.flatnonzero(near & ~mask)
+    return pool if pool.size else np.flatnonzero(~mask)
+
+
+def _points_prompt(mask: np.ndarray, k: int, rng: np.random.Generator, neg_prob: float) -> Tuple[np.ndarray, np.ndarray]:
+    """``k`` points: the first positive, each further one negative with probability ``neg_prob``
+    (a background pixel near the object) else positive; labels follow where each point lies."""
+    w = mask.shape[1]
+    fg = _foreground(mask)
+    negative = rng.random(k) < neg_prob
+    negative[0] = False
+    bg = _negative_pool(mask) if negative.any() else np.empty(0, dtype=np.int64)
+    if bg.size == 0:
+        negative[:] = False
+    coords = np.empty((k, 2), dtype=np.float32)
+    n_neg = int(negative.sum())
+    coords[~negative] = _pixels(fg, k - n_neg, rng, w)
+    if n_neg:
+        coords[negative] = _pixels(bg, n_neg, rng, w)
+    return coords, (~negative).astype(np.int64)
+
+
+#: ``mixed``: each sample's kind, with these probabilities (seeded per sample). ``points`` are
+#: 2-5 points, negatives among them; ``refine`` is a one-point or box prompt whose prediction is
+#: fed back as the mask input with a corrective point (the trainer's second decoder pass).
+MIXED_KINDS: Dict[str, float] = {"point": 0.3, "points": 0.2, "box": 0.15, "box+point": 0.15, "refine": 0.2}
+#: ``mixed`` multi-point prompts: probability that a point after the first is a negative one.
+MIXED_NEG_PROB = 0.3
+
+
 def sample_prompt(mask: np.ndarray, kind: str, rng: np.random.Generator, box_noise: float = 0.0) -> dict:
     """A training prompt from a non-empty (R, R) bool mask, in its pixel frame.
 
-    Returns ``{"coords": (K, 2) float32 x, y or None, "labels": (K,) int64 or None,
-    "box": (4,) float32 or None}``.
+    Kinds: ``point`` (one foreground pixel), ``points:K`` (K foreground pixels), ``box`` (the
+    tight box with corner noise), ``box+point`` (a noisy box and one foreground pixel),
+    ``refine`` (a ``point`` or ``box`` prompt, equally likely, marked for the refinement pass),
+    ``mixed`` (one of :data:`MIXED_KINDS` with its probability).
+
+    Returns ``{"coords": (K, 2) float32 x, y or None, "labels": (K,) int64 (1 foreground, 0
+    background) or None, "box": (4,) float32 x0, y0, x1, y1 or None, "kind": the kind drawn,
+    "refine": bool, "refine_seed": int (seeds the corrective point)}``.
     """
     if kind == "mixed":
-        choice = int(rng.integers(3))
-        kind = "point" if choice == 0 else "box" if choice == 1 else f"points:{int(rng.integers(2, MIXED_MAX_POINTS + 1))}"
-    h, w = mask.shape
-    if kind == "box":
-        rows = np.flatnonzero(mask.any(axis=1))
-        cols = np.flatnonzero(mask.any(axis=0))
-        box = np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float64)
-        if box_noise > 0:
-            side = np.array([box[2] - box[0], box[3] - box[1]] * 2, dtype=np.float64)
-            box = box + rng.normal(0.0, 1.0, 4) * box_noise * np.maximum(side, 1.0)
-            box = np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1])
-            box = np.array([min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])])
-        return {"coords": None, "labels": None, "box": box.astype(np.float32)}
-    k = 1 if kind == "point" else int(kind.split(":")[1])
-    fg = _foreground(mask)
-    pick = rng.choice(fg.size, size=k, replace=fg.size < k)
-    rows, cols = np.divmod(fg[pick], w)
-    coords = np.stack([cols, rows], axis=1).astype(np.float32)
-    return {"coords": coords, "labels": np.ones(k, dtype=np.int64), "box": None}
+        names = list(MIXED_KINDS)
+        kind = names[int(rng.choice(len(names), p=np.array([MIXED_KINDS[n] for n in names])))]
+        if kind == "points":
+            kind = f"points:{int(rng.integers(2, MIXED_MAX_POINTS + 1))}"
+            neg_prob = MIXED_NEG_PROB
+        else:
+            neg_prob = 0.0
+    else:
+        neg_prob = 0.0
+    out = {"coords": None, "labels": None, "box": None, "kind": kind, "refine": False, "refine_seed": 0}
+    base = kind
+    if kind == "refine":
+        base = "point" if rng.random() < 0.5 else "box"
+        out["refine"] = True
+        out["refine_seed"] = int(rng.integers(0, 2**62))
+    w = mask.shape[1]
+    if base in ("box", "box+point"):
+        out["box"] = _noisy_box(mask, rng, box_noise)
+    if base in ("point", "box+point"):
+        out["coords"] = _pixels(_foreground(mask), 1, rng, w)
+        out["labels"] = np.ones(1, dtype=np.int64)
+    elif base.startswith("points:"):
+        out["coords"], out["labels"] = _points_prompt(mask, int(base.split(":")[1]), rng, neg_prob)
+    elif base != "box":
+        raise ValueError(f"unknown prompt kind {kind!r}")
+    return out
+
+
+def corrective_point(pred: Tensor, gt: Tensor, seed: int) -> Tuple[Tensor, int]:
+    """SAM's corrective click: a pixel drawn uniformly (seeded) from the error region of ``pred``
+    (both (R, R) bool): label 1 where the prediction missed foreground, 0 where it spilled onto
+    background. No error: a foreground pixel, label 1. Returns ((2,) float32 x, y, label)."""
+    err = (pred != gt).flatten()
+    where = torch.nonzero(err if bool(err.any()) else gt.flatten()).flatten().cpu()
+    g = torch.Generator().manual_seed(int(seed))
+    flat = int(where[int(torch.randint(where.numel(), (1,), generator=g))])
+    row, col = divmod(flat, gt.shape[1])
+    label = int(bool(gt[row, col]))
+    return torch.tensor([col, row], dtype=torch.float32), label
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,8 +344,11 @@ class TrainSet(torch.utils.data.Dataset):
 
     def __init__(self, datasets: Sequence, weights: Sequence[float], *, resolution: int, seed: int, prompt: str = "point",
                  crop_scale: Sequence[float] = (0.5, 1.0), crop_ratio: Sequence[float] = (3 / 4, 4 / 3), hflip: float = 0.5,
-                 box_noise: float = 0.1) -> None:
+                 box_noise: float = 0.1, cache_dir: Optional[str] = None, cache_side: int = 0) -> None:
         self.datasets = list(datasets)
+        self.cache_dir = cache_dir
+        self.cache_side = int(cache_side)
+        self._cache = None  # a DecodeCache, made lazily (in each DataLoader worker)
         self.plan = MixturePlan([len(d) for d in self.datasets], weights, seed)
         self.resolution = int(resolution)
         self.seed = int(seed)
@@ -286,6 +390,17 @@ class TrainSet(torch.utils.data.Dataset):
                 img, msk = (crop if attempt < MAX_CROP_ATTEMPTS else whole)(img, msk)
         return img.as_subclass(torch.Tensor).contiguous(), msk.as_subclass(torch.Tensor)[0].bool().contiguous()
 
+    def load(self, d: int, j: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Sample ``j`` of dataset ``d``: (H, W, 3) uint8 + (H, W) bool, decoded and shrunk to
+        ``cache_side`` (:func:`basam.train.cache.prepare`), through the decode cache when there is one."""
+        from .cache import DecodeCache, prepare
+
+        if self.cache_dir is None:
+            return prepare(self.datasets[d], j, self.cache_side)
+        if self._cache is None:
+            self._cache = DecodeCache(self.cache_dir, self.cache_side)
+        return self._cache.load(self.datasets[d], j)
+
     def __getitem__(self, position: int) -> dict:
         d, i = self.plan.locate(position)
         ds = self.datasets[d]
@@ -293,7 +408,7 @@ class TrainSet(torch.utils.data.Dataset):
         for shift in range(n):
             j = (i + shift) % n
             try:
-                image, mask = ds.load(j)
+                image, mask = self.load(d, j)
             except InputError as e:
                 warnings.warn(f"skipping {ds.name}/{ds[j].name}: {e}")
                 continue

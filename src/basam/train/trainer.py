@@ -56,21 +56,45 @@ class TrainModule(nn.Module):
     """Encodes a batch once and decodes each group of same-shaped prompts; returns loss sums.
 
     One-point prompts use SAM's multimask output (min-loss candidate back-propagated, see
-    :mod:`basam.train.losses`); several points or a box use the single-mask output. HQ-SAM's
-    decoder always returns one mask (its ``hq_fusion`` decides which).
+    :mod:`basam.train.losses`), plus the single-mask output's loss times ``point_single_weight``
+    when that is > 0 (all four tokens from one decoder pass); several points or a box use the
+    single-mask output. HQ-SAM's decoder always returns one mask (its ``hq_fusion`` decides which).
+
+    Refinement (prompts with ``refine`` set, from ``--prompt mixed``): after the first pass, the
+    chosen candidate's low-res logits (B, 1, 4h, 4w), detached as SAM's iterative training does,
+    go back in as the mask input with the first prompt plus one corrective point from the error
+    region (:func:`basam.train.data.corrective_point`), and the single-mask output of that second
+    pass adds its loss. Loss sums are over samples and passes.
     """
 
-    def __init__(self, sam: nn.Module, resolution: int, weights: LossWeights, autocast_dtype: Optional[torch.dtype]) -> None:
+    def __init__(self, sam: nn.Module, resolution: int, weights: LossWeights, autocast_dtype: Optional[torch.dtype],
+                 point_single_weight: float = 0.0) -> None:
         super().__init__()
         self.sam = sam
         self.resolution = int(resolution)
         self.weights = weights
         self.autocast_dtype = autocast_dtype
+        self.point_single_weight = float(point_single_weight)
 
     def _autocast(self, device: torch.device):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
+    def _all_tokens(self) -> bool:
+        """Whether one pass can give all four outputs (SAM's own decoder; HQ returns one mask)."""
+        return self.point_single_weight > 0 and not self.sam.is_hq and hasattr(self.sam.mask_decoder, "predict_masks")
+
+    def _decode_all(self, f, coords, labels, boxes, mask_inputs) -> Tuple[Tensor, Tensor]:
+        """(B, 4, 4h, 4w) logits and (B, 4) IoU of every mask token (single first), one pass."""
+        sam = self.sam
+        points = (coords, labels) if coords is not None else None
+        sparse, dense = sam.prompt_encoder(points, boxes, mask_inputs, input_size=f.input_size, grid=f.grid)
+        return sam.mask_decoder.predict_masks(f.embeddings, sam.prompt_encoder.get_dense_pe(f.grid), sparse, dense)
+
+    def _add(self, sums: Dict[str, Tensor], parts: Dict[str, Tensor]) -> None:
+        for k in sums:
+            sums[k] = sums[k] + parts[k].sum()
 
     def forward(self, images: Tensor, masks: Tensor, prompts: Sequence[dict]) -> Dict[str, Tensor]:
         sam = self.sam
@@ -85,23 +109,84 @@ class TrainModule(nn.Module):
         for i, p in enumerate(prompts):
             groups.setdefault(_signature(p), []).append(i)
         sums = {k: torch.zeros((), device=device) for k in ("loss", "bce", "dice", "iou_mse")}
+        second: List[dict] = []  # refinement samples' second-pass inputs
         for (n_points, has_box), idx in groups.items():
             it = torch.tensor(idx, device=device)
             f = feats.index_select(it)  # every level (embeddings, HQ's interm, multi-scale maps)
-            coords = labels = boxes = None
-            if n_points:
-                coords = torch.stack([torch.as_tensor(prompts[i]["coords"]) for i in idx]).to(device=device, dtype=torch.float32)
-                labels = torch.stack([torch.as_tensor(prompts[i]["labels"]) for i in idx]).to(device=device)
-            if has_box:
-                boxes = torch.stack([torch.as_tensor(prompts[i]["box"]) for i in idx]).to(device=device, dtype=torch.float32)
+            coords, labels, boxes = _stack_prompts(prompts, idx, n_points, has_box, device)
+            gt = masks.index_select(0, it)
             multimask = n_points == 1 and not has_box
+            all_tokens = multimask and self._all_tokens()
             with self._autocast(device):
-                low_res, iou_pred = sam.decode(f, coords, labels, boxes, None, multimask_output=multimask)
+                if all_tokens:
+                    low_res, iou_pred = self._decode_all(f, coords, labels, boxes, None)
+                else:
+                    low_res, iou_pred = sam.decode(f, coords, labels, boxes, None, multimask_output=multimask)
             logits = upsample_logits(low_res, S, R)
-            parts = sample_losses(logits, iou_pred, masks.index_select(0, it), self.weights)
-            for k in sums:
-                sums[k] = sums[k] + parts[k].sum()
+            if all_tokens:
+                parts = sample_losses(logits[:, 1:], iou_pred[:, 1:], gt, self.weights)
+                single = sample_losses(logits[:, :1], iou_pred[:, :1], gt, self.weights)
+                w = self.point_single_weight
+                for k in ("loss", "bce", "dice", "iou_mse"):
+                    parts[k] = parts[k] + w * single[k]
+                chosen = parts["chosen"] + 1
+            else:
+                parts = sample_losses(logits, iou_pred, gt, self.weights)
+                chosen = parts["chosen"]
+            self._add(sums, parts)
+            for j, i in enumerate(idx):
+                if not prompts[i].get("refine"):
+                    continue
+                c = int(chosen[j])
+                point, label = _corrective(logits[j, c].detach() > 0, gt[j], int(prompts[i].get("refine_seed", 0)))
+                second.append({"i": i, "mask_input": low_res[j, c:c + 1].detach().float(), "point": point, "label": label,
+                               "coords": None if coords is None else coords[j], "labels": None if labels is None else labels[j],
+                               "box": None if boxes is None else boxes[j]})
+        if second:
+            self._add(sums, self._refine(feats, masks, second, S, R))
         return sums
+
+    def _refine(self, feats, masks: Tensor, items: List[dict], S: int, R: int) -> Dict[str, Tensor]:
+        """The second (refinement) pass over ``items``; per-sample losses concatenated."""
+        device = masks.device
+        groups: Dict[Tuple[int, bool], List[dict]] = {}
+        for item in items:
+            n = 1 + (0 if item["coords"] is None else int(item["coords"].shape[0]))
+            groups.setdefault((n, item["box"] is not None), []).append(item)
+        out: Dict[str, List[Tensor]] = {k: [] for k in ("loss", "bce", "dice", "iou_mse")}
+        for (_, has_box), group in groups.items():
+            it = torch.tensor([g["i"] for g in group], device=device)
+            f = feats.index_select(it)
+            coords = torch.stack([g["point"].to(device)[None] if g["coords"] is None else torch.cat([g["coords"], g["point"].to(device)[None]])
+                                  for g in group])
+            labels = torch.stack([torch.tensor([g["label"]], device=device) if g["labels"] is None
+                                  else torch.cat([g["labels"], torch.tensor([g["label"]], device=device, dtype=g["labels"].dtype)])
+                                  for g in group])
+            boxes = torch.stack([g["box"] for g in group]) if has_box else None
+            mask_inputs = torch.stack([g["mask_input"] for g in group])  # (B, 1, 4h, 4w)
+            with self._autocast(device):
+                low_res, iou_pred = self.sam.decode(f, coords, labels, boxes, mask_inputs, multimask_output=False)
+            parts = sample_losses(upsample_logits(low_res, S, R), iou_pred, masks.index_select(0, it), self.weights)
+            for k in out:
+                out[k].append(parts[k])
+        return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _stack_prompts(prompts: Sequence[dict], idx: List[int], n_points: int, has_box: bool, device: torch.device):
+    """(B, K, 2) float32 coords, (B, K) labels, (B, 4) boxes of the prompts ``idx`` (None where absent)."""
+    coords = labels = boxes = None
+    if n_points:
+        coords = torch.stack([torch.as_tensor(prompts[i]["coords"]) for i in idx]).to(device=device, dtype=torch.float32)
+        labels = torch.stack([torch.as_tensor(prompts[i]["labels"]) for i in idx]).to(device=device)
+    if has_box:
+        boxes = torch.stack([torch.as_tensor(prompts[i]["box"]) for i in idx]).to(device=device, dtype=torch.float32)
+    return coords, labels, boxes
+
+
+def _corrective(pred: Tensor, gt: Tensor, seed: int) -> Tuple[Tensor, int]:
+    from .data import corrective_point
+
+    return corrective_point(pred, gt, seed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,8 +337,10 @@ VAL_REPORT = ("iou", "mae", "s_measure", "boundary_iou")
 
 
 @torch.no_grad()
-def validate(sam: nn.Module, val_sets: Sequence, *, resolution: int, seed: int, max_images: Optional[int], dist: Dist) -> Dict[str, dict]:
-    """Point-prompt validation (basam.data.prompts' seeded point, multimask picked by predicted IoU),
+def validate(sam: nn.Module, val_sets: Sequence, *, resolution: int, seed: int, max_images: Optional[int], dist: Dist,
+             prompt: str = "point", multimask: bool = True) -> Dict[str, dict]:
+    """One-point validation (basam.data.prompts' ``prompt``: the seeded ``point`` or the ``center``
+    pixel; multimask picked by predicted IoU, or the single-mask output with ``multimask`` False),
     images sharded over ranks; returns ``{dataset: summarize(...)}`` on every rank."""
     from ..data.prompts import make_prompt
     from ..metrics import evaluate_image
@@ -272,11 +359,11 @@ def validate(sam: nn.Module, val_sets: Sequence, *, resolution: int, seed: int, 
             for i in range(dist.rank, n, dist.world):
                 try:
                     image, gt = ds.load(i)
-                    prompt = make_prompt(gt, "point", seed=seed, key=f"{ds.name}/{ds[i].name}")
+                    p = make_prompt(gt, prompt, seed=seed, key=f"{ds.name}/{ds[i].name}")
                 except InputError:
                     skipped += 1
                     continue
-                metrics, _ = evaluate_image(predictor, image, gt, prompt, True, None)
+                metrics, _ = evaluate_image(predictor, image, gt, p, multimask, None)
                 records.append(metrics)
             gathered = dist.gather((records, skipped))
             all_records = [r for recs, _ in gathered for r in recs]
@@ -296,12 +383,11 @@ def validate(sam: nn.Module, val_sets: Sequence, *, resolution: int, seed: int, 
 
 
 def _open_val_sets(specs: Sequence[str]) -> list:
-    from ..data.datasets import open_datasets, parse_data_arg
+    from ..data.datasets import open_data_spec
 
     out, names = [], set()
     for text in specs:
-        path, layout = parse_data_arg(text)
-        for d in open_datasets(path, layout):
+        for d in open_data_spec(text):
             if len(d) == 0:
                 continue
             name, k = d.name, 2
@@ -340,7 +426,7 @@ def _probe_unused(module: TrainModule, device: torch.device, prompt_kind: str, t
     from .data import sample_prompt
     from .freeze import set_train_mode
 
-    kinds = ["point", "box", "points:2"] if prompt_kind == "mixed" else [prompt_kind]
+    kinds = ["point", "box", "points:2", "box+point", "refine"] if prompt_kind == "mixed" else [prompt_kind]
     R = module.resolution
     mask = torch.zeros(R, R, dtype=torch.bool)
     mask[R // 4: 3 * R // 4, R // 4: 3 * R // 4] = True
@@ -379,7 +465,7 @@ def _canonical_data(spec: str) -> str:
         a = parse_weighted_data_arg(spec)
     except InputError:
         return spec
-    return f"{canonical_path(a.path)}:{a.layout or ''}@{a.weight:g}"
+    return f"{canonical_path(a.path)}:{a.layout or ''}:{a.split or ''}@{a.weight:g}"
 
 
 def _same_setting(key: str, old: Any, new: Any) -> bool:
@@ -391,8 +477,9 @@ def _same_setting(key: str, old: Any, new: Any) -> bool:
 def _check_resume(cfg: TrainConfig, state: dict, world: int) -> None:
     old = state.get("config") or {}
     new = cfg.to_dict()
+    defaults = TrainConfig().to_dict()  # a key a run from before it existed lacks had its default
     diff = [k for k in RUN_DEFINING
-            if k not in ("batch_size", "grad_accum", "checkpoint") and not _same_setting(k, old.get(k), new.get(k))]
+            if k not in ("batch_size", "grad_accum", "checkpoint") and not _same_setting(k, old.get(k, defaults.get(k)), new.get(k))]
     if diff:
         raise InputError(f"--resume: the run in {cfg.out} was started with other settings ({', '.join(diff)}); "
                          "resume with the same ones or choose another --out")
@@ -416,15 +503,18 @@ def _starting_outputs(resumed: bool, latest, initial: bool, model) -> str:
     return model.trained_outputs if initial else "none"
 
 
-def _trained_outputs(starting: str, prompt: str, decoder_trained: bool) -> str:
+def _trained_outputs(starting: str, prompt: str, decoder_trained: bool, point_single_weight: float = 0.0) -> str:
     """What the saved model records as ``trained_outputs`` (read by the predictor's single-mask rule).
 
     One-point prompts train only the three multimask tokens (the min-loss candidate gets the
-    gradient); boxes and several points train only the single-mask token; ``mixed`` trains both.
+    gradient); boxes and several points train only the single-mask token; ``mixed`` trains both,
+    as do one-point prompts with ``point_single_weight`` > 0.
     """
     if not decoder_trained or starting == "all":
         return starting if starting != "none" else "all"
     now = {"point": "multimask", "points:1": "multimask", "mixed": "all"}.get(prompt, "single")
+    if now == "multimask" and point_single_weight > 0:
+        now = "all"
     return now if starting in ("none", now) else "all"
 
 
@@ -467,7 +557,8 @@ class _Training:
         datasets, weights = open_weighted(cfg.data)
         self.val_sets = _open_val_sets(cfg.val_data)
         self.trainset = TrainSet(datasets, weights, resolution=cfg.resolution, seed=cfg.seed, prompt=cfg.prompt,
-                                 crop_scale=cfg.crop_scale, crop_ratio=cfg.crop_ratio, hflip=cfg.hflip, box_noise=cfg.box_noise)
+                                 crop_scale=cfg.crop_scale, crop_ratio=cfg.crop_ratio, hflip=cfg.hflip, box_noise=cfg.box_noise,
+                                 cache_dir=cfg.cache_dir, cache_side=cfg.cache_side)
 
         # 3. Model: random init (seeded), initial weights, or the checkpoint resumed.
         torch.manual_seed(cfg.seed)
@@ -483,7 +574,8 @@ class _Training:
         self.trainable_names = apply_policy(model, cfg.train)
         model.trained_outputs = _trained_outputs(
             _starting_outputs(state is not None, latest, cfg.checkpoint is not None, model), cfg.prompt,
-            decoder_trained=any(n.startswith("mask_decoder.") for n in self.trainable_names))
+            decoder_trained=any(n.startswith("mask_decoder.") for n in self.trainable_names),
+            point_single_weight=cfg.point_single_weight)
         model.to(device)
         set_train_mode(model)
         self.set_train_mode = set_train_mode
@@ -492,7 +584,7 @@ class _Training:
 
         precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
         module = TrainModule(model, cfg.resolution, LossWeights(cfg.bce_weight, cfg.dice_weight, cfg.iou_weight),
-                             torch.bfloat16 if precision == "bf16" else None)
+                             torch.bfloat16 if precision == "bf16" else None, cfg.point_single_weight)
         self.opt = opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
         self.sched = sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda i: lr_factor(i, steps=cfg.steps, warmup=cfg.warmup, lr=cfg.lr, min_lr=cfg.min_lr))
@@ -557,16 +649,19 @@ class _Training:
         cfg = self.cfg
         if not self.val_sets:
             return None
-        res = validate(self.model, self.val_sets, resolution=cfg.resolution, seed=cfg.val_seed, max_images=cfg.val_max_images,
-                       dist=self.dist)
-        self.set_train_mode(self.model)
-        clean = {name: {k: (float(v) if isinstance(v, float) else v) for k, v in s.items()} for name, s in res.items()}
-        self.log.write({"step": step, "val": clean})
+        record: Dict[str, Any] = {"step": step}
         scal = {}
-        for name, s in clean.items():
-            for k in ("iou", "mae", "s_measure", "boundary_iou", "dice", "e_measure_mean", "weighted_f", "f_measure_max"):
-                if k in s:
-                    scal[f"val/{name}/{k}"] = s[k]
+        for key, multimask in (("val", True), ("val_single", False)) if cfg.val_single else (("val", True),):
+            res = validate(self.model, self.val_sets, resolution=cfg.resolution, seed=cfg.val_seed, max_images=cfg.val_max_images,
+                           dist=self.dist, prompt=cfg.val_prompt, multimask=multimask)
+            self.set_train_mode(self.model)
+            record[key] = {name: {k: (float(v) if isinstance(v, float) else v) for k, v in s.items()} for name, s in res.items()}
+            for name, s in record[key].items():
+                for k in ("iou", "mae", "s_measure", "boundary_iou", "dice", "e_measure_mean", "weighted_f", "f_measure_max"):
+                    if k in s:
+                        scal[f"{key}/{name}/{k}"] = s[k]
+        clean = record["val"]
+        self.log.write(record)
         self.log.scalars(step, scal)
         self.log.flush()
         return clean
