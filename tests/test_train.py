@@ -784,3 +784,18 @@ def test_mixed_training_with_the_cache_runs_and_records_all_outputs(tmp_path, da
     # "all" is the default, written as no key; a point-only run would write "multimask"
     assert read_metadata(Path(res["checkpoint"]) / "model.safetensors").get("trained_outputs", "all") == "all"
     assert all(np.isfinite(r["loss"]) for r in _log(out) if "loss" in r)
+
+
+def test_resume_of_a_run_from_before_the_new_settings(tmp_path, data):
+    """A checkpoint whose config lacks point_single_weight/cache_side (older runs) had their defaults."""
+    from basam.errors import InputError
+    from basam.train.trainer import _check_resume
+
+    cfg = _cfg(tmp_path / "run", data)
+    old = cfg.to_dict()
+    for k in ("point_single_weight", "cache_side", "cache_dir", "val_prompt", "val_single"):
+        old.pop(k)
+    state = {"config": old, "sampler": {"global_batch": cfg.batch_size * cfg.grad_accum}}
+    _check_resume(cfg, state, 1)  # accepted
+    with pytest.raises(InputError, match="point_single_weight"):
+        _check_resume(_cfg(tmp_path / "run", data, point_single_weight=1.0), state, 1)
