@@ -405,3 +405,13 @@ def test_failed_export_leaves_an_earlier_export_intact(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="No space left"):
         export_onnx(model, out, resolution=320)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_sam2_export_is_refused_in_one_line(tmp_path):
+    """SAM 2 is not exportable yet: a clear InputError naming it, and nothing written."""
+    from basam.models.registry import create_model
+
+    model = create_model("sam2.1_hiera_tiny", embed_dim=16, stages=(1, 1, 2, 1), global_att_blocks=(3,))
+    with pytest.raises(InputError, match="SAM 2"):
+        export_onnx(model, tmp_path / "out", resolution=256)
+    assert not (tmp_path / "out").exists()

@@ -460,6 +460,11 @@ def export_onnx(
     """
     from ..predictor import check_resolution
 
+    from ..models.sam2 import Sam2
+
+    if isinstance(model, Sam2):  # its encoder hands the decoder three feature levels, not one
+        raise InputError(f"ONNX export does not support SAM 2 models yet ({getattr(model, 'name', 'sam2')}); "
+                         "export a SAM, MobileSAM or HQ-SAM model")
     resolution = check_resolution(resolution if resolution is not None else model.img_size)
     if opset not in SUPPORTED_OPSETS:
         raise InputError(f"opset must be in {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}, got {opset}")

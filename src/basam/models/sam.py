@@ -107,6 +107,17 @@ class Sam(ConfiguresAttention, nn.Module):
             out = self.image_encoder(x)
         return ImageEncoder.features(out, (x.shape[-2], x.shape[-1]), keep_interm=self.is_hq)
 
+    def decode_all_tokens(self, features: ImageFeatures, point_coords: Optional[Tensor] = None,
+                          point_labels: Optional[Tensor] = None, boxes: Optional[Tensor] = None,
+                          mask_inputs: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """Every mask token's logits (B, 4, 4h, 4w) and IoU (B, 4), single-mask token first, in one
+        decoder pass (training losses on all outputs). SAM's own decoder only: HQ-SAM refuses."""
+        if self.is_hq:
+            raise InputError("decode_all_tokens: HQ-SAM's decoder returns one fused mask, not every token's")
+        points = (point_coords, point_labels) if point_coords is not None else None
+        sparse, dense = self.prompt_encoder(points, boxes, mask_inputs, input_size=features.input_size, grid=features.grid)
+        return self.mask_decoder.predict_masks(features.embeddings, self.prompt_encoder.get_dense_pe(features.grid), sparse, dense)
+
     def decode(self, features: ImageFeatures, point_coords: Optional[Tensor] = None, point_labels: Optional[Tensor] = None,
                boxes: Optional[Tensor] = None, mask_inputs: Optional[Tensor] = None, multimask_output: bool = True,
                hq_token_only: Optional[bool] = None) -> Tuple[Tensor, Tensor]:

@@ -83,14 +83,11 @@ class TrainModule(nn.Module):
 
     def _all_tokens(self) -> bool:
         """Whether one pass can give all four outputs (SAM's own decoder; HQ returns one mask)."""
-        return self.point_single_weight > 0 and not self.sam.is_hq and hasattr(self.sam.mask_decoder, "predict_masks")
+        return self.point_single_weight > 0 and not self.sam.is_hq
 
     def _decode_all(self, f, coords, labels, boxes, mask_inputs) -> Tuple[Tensor, Tensor]:
         """(B, 4, 4h, 4w) logits and (B, 4) IoU of every mask token (single first), one pass."""
-        sam = self.sam
-        points = (coords, labels) if coords is not None else None
-        sparse, dense = sam.prompt_encoder(points, boxes, mask_inputs, input_size=f.input_size, grid=f.grid)
-        return sam.mask_decoder.predict_masks(f.embeddings, sam.prompt_encoder.get_dense_pe(f.grid), sparse, dense)
+        return self.sam.decode_all_tokens(f, coords, labels, boxes, mask_inputs)
 
     def _add(self, sums: Dict[str, Tensor], parts: Dict[str, Tensor]) -> None:
         for k in sums:
