@@ -424,3 +424,15 @@ def test_run_folder_with_real_generator(tmp_path):
     assert res["done"] == ["img0"]
     rows = list(csv.reader((tmp_path / "out" / "img0" / "metadata.csv").open()))
     assert len(rows) - 1 == len([p for p in (tmp_path / "out" / "img0").glob("[0-9]*.png")])
+
+
+def test_crop_pyramid_with_nothing_kept_returns_no_records():
+    """Where no crop keeps any mask, the result is an empty list (the official generator raises
+    IndexError in box_area on the empty crop_boxes there)."""
+    model = basam.load_model("basam_tiny", progress=False)
+    image = np.zeros((96, 128, 3), np.uint8)
+    image[20:70, 30:90] = 200
+    gen = AutomaticMaskGenerator(model, points_per_side=4, crop_n_layers=1, pred_iou_thresh=1.0,
+                                 stability_score_thresh=1.0)
+    with torch.inference_mode():
+        assert gen.generate(image) == []
