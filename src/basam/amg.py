@@ -39,7 +39,7 @@ from torchvision.ops import batched_nms, box_area
 
 from .constants import MIN_RESOLUTION
 from .errors import InputError
-from .predictor import Predictor, check_resolution
+from .predictor import Predictor, check_image, check_resolution
 
 __all__ = [
     "AutomaticMaskGenerator",
@@ -367,11 +367,7 @@ class AutomaticMaskGenerator:
     def _check_image(image: Any) -> np.ndarray:
         if not isinstance(image, np.ndarray):
             raise InputError(f"image must be an HxWx3 uint8 numpy array, got {type(image).__name__}")
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise InputError(f"image must be an HxWx3 uint8 array, got shape {image.shape} and dtype {image.dtype}")
-        if min(image.shape[:2]) < 1:
-            raise InputError(f"image is empty: shape {image.shape}")
-        return image
+        return check_image(image)
 
     def _generate_masks(self, image: np.ndarray) -> _Records:
         orig_h, orig_w = image.shape[:2]

@@ -24,6 +24,15 @@ def check_resolution(resolution: object) -> int:
     return int(resolution)
 
 
+def check_image(image: np.ndarray) -> np.ndarray:
+    """``image`` itself if it is a non-empty (H, W, 3) uint8 array; a one-line InputError otherwise."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise InputError(f"image must be an HxWx3 uint8 array, got shape {image.shape} and dtype {image.dtype}")
+    if min(image.shape[:2]) < 1:
+        raise InputError(f"image is empty: {image.shape}")
+    return image
+
+
 def check_prompts(point_coords, point_labels, box, width: int, height: int) -> None:
     """Raise a one-line :class:`InputError` unless the prompts fit a ``width`` x ``height`` image.
 
@@ -85,11 +94,7 @@ class Predictor:
         """Encode an (H, W, 3) uint8 image in ``RGB`` or ``BGR`` order."""
         if image_format not in ("RGB", "BGR"):
             raise InputError(f"image_format must be RGB or BGR, got {image_format!r}")
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise InputError(f"image must be an HxWx3 uint8 array, got shape {image.shape} and dtype {image.dtype}")
-        if min(image.shape[:2]) < 1:
-            raise InputError(f"image is empty: {image.shape}")
+        image = check_image(np.asarray(image))
         if image_format != self.model.image_format:
             image = image[..., ::-1]
         input_image = self.transform.apply_image(np.ascontiguousarray(image))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .errors import InputError
 from .models.encoder import ImageFeatures
 from .models.sam2 import Sam2
-from .predictor import check_prompts, check_resolution
+from .predictor import check_image, check_prompts, check_resolution
 
 __all__ = ["Sam2Predictor"]
 
@@ -29,11 +29,7 @@ def _as_rgb_array(image) -> np.ndarray:
         image = np.asarray(image.convert("RGB"))
     if not isinstance(image, np.ndarray):
         raise InputError(f"image must be an HxWx3 uint8 numpy array or a PIL image, got {type(image).__name__}")
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise InputError(f"image must be an HxWx3 uint8 array, got shape {image.shape} and dtype {image.dtype}")
-    if min(image.shape[:2]) < 1:
-        raise InputError(f"image is empty: {image.shape}")
-    return image
+    return check_image(image)
 
 
 class Sam2Predictor:

@@ -116,7 +116,8 @@ def _center_point(m: np.ndarray) -> tuple[int, int]:
     return col, row
 
 
-def _tight_box(m: np.ndarray) -> np.ndarray:
+def tight_box(m: np.ndarray) -> np.ndarray:
+    """The tight box of a non-empty (H, W) bool mask: (4,) float64 x0, y0, x1, y1 (inclusive)."""
     rows = np.flatnonzero(m.any(axis=1))
     cols = np.flatnonzero(m.any(axis=0))
     return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float64)
@@ -150,6 +151,6 @@ def make_prompt(mask: np.ndarray, kind: str, *, seed: int = 0, key: str = "") ->
     if kind == "center":
         return Prompt(*_points(*_center_point(m)))
     if kind == "box":
-        return Prompt(box=_tight_box(m))
+        return Prompt(box=tight_box(m))
     coords, labels = _points(*_random_point(m, int(seed), key))
-    return Prompt(coords, labels, _tight_box(m))
+    return Prompt(coords, labels, tight_box(m))

@@ -9,6 +9,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import InputError
+from ..predictor import check_image
 from ..transforms import ResizeLongestSide
 from .exporter import METADATA_FILE
 
@@ -81,11 +82,7 @@ class OnnxPredictor:
         """Encode an (H, W, 3) uint8 image in ``RGB`` or ``BGR`` order."""
         if image_format not in ("RGB", "BGR"):
             raise InputError(f"image_format must be RGB or BGR, got {image_format!r}")
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise InputError(f"image must be an HxWx3 uint8 array, got shape {image.shape} and dtype {image.dtype}")
-        if min(image.shape[:2]) < 1:
-            raise InputError(f"image is empty: {image.shape}")
+        image = check_image(np.asarray(image))
         if image_format != self.image_format:
             image = image[..., ::-1]
         self.reset_image()

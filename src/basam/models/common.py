@@ -1,6 +1,6 @@
 """Small building blocks shared by the SAM-family components."""
 
-from typing import Type
+from typing import Callable, Type
 
 import torch
 import torch.nn.functional as F
@@ -21,18 +21,21 @@ class MLPBlock(nn.Module):
 
 
 class MLP(nn.Module):
-    """ReLU MLP of ``num_layers`` linear layers (the mask decoder's heads). (..., in) -> (..., out)."""
+    """MLP of ``num_layers`` linear layers, ``act`` between them (ReLU: the mask decoder's heads;
+    GELU: Hiera's blocks). (..., in) -> (..., out)."""
 
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int, sigmoid_output: bool = False) -> None:
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int, sigmoid_output: bool = False,
+                 act: Callable[[Tensor], Tensor] = F.relu) -> None:
         super().__init__()
         self.num_layers = num_layers
+        self.act = act
         h = [hidden_dim] * (num_layers - 1)
         self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim]))
         self.sigmoid_output = sigmoid_output
 
     def forward(self, x: Tensor) -> Tensor:
         for i, layer in enumerate(self.layers):
-            x = F.relu(layer(x)) if i < self.num_layers - 1 else layer(x)
+            x = self.act(layer(x)) if i < self.num_layers - 1 else layer(x)
         return torch.sigmoid(x) if self.sigmoid_output else x
 
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention import AttentionBias, AttentionConfig, BiasModeMask, attend, bias_scratch, layer_scale
+from .common import MLP
 from .image_encoder import window_partition, window_unpartition
 
 __all__ = ["HieraConfig", "Hiera", "HieraBlock", "HieraAttention", "pooled_distance"]
@@ -62,18 +63,6 @@ class HieraConfig:
     mlp_ratio: float = 4.0
     fpn_top_down_levels: Tuple[int, ...] = (2, 3)
     scalp: int = 1
-
-
-class Mlp(nn.Module):
-    """The blocks' two-layer GELU MLP, named as the official ``MLP`` (``layers.0``, ``layers.1``). (..., C)."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList([nn.Linear(dim, hidden), nn.Linear(hidden, dim)])
-        self.act = nn.GELU()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layers[1](self.act(self.layers[0](x)))
 
 
 def _pool(x: Tensor, stride: Tuple[int, int]) -> Tensor:
@@ -169,7 +158,8 @@ class HieraBlock(nn.Module):
                                    window_tokens=window_size * window_size if window_size > 0 else None,
                                    stride=stride, train_size=train_size, attention=attention)
         self.norm2 = nn.LayerNorm(dim_out, eps=1e-6)
-        self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio))
+        # the official blocks' MLP: two layers, GELU, keys layers.0 / layers.1
+        self.mlp = MLP(dim_out, int(dim_out * mlp_ratio), dim_out, 2, act=F.gelu)
         if dim != dim_out:
             self.proj = nn.Linear(dim, dim_out)
 

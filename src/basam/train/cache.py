@@ -86,9 +86,7 @@ class DecodeCache:
                 if set(z.files) != {"key", "image", "mask"} or bytes(z["key"].astype(np.uint8)).decode("utf-8") != key:
                     return None
                 image, mask = z["image"], z["mask"]
-        except FileNotFoundError:
-            return None
-        except Exception:  # a truncated zip, a bad header, ...: rebuilt below
+        except Exception:  # absent, a truncated zip, a bad header, ...: rebuilt by the caller
             return None
         if (image.dtype != np.uint8 or mask.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3
                 or mask.shape != image.shape[:2] or mask.max(initial=0) > 1):

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.prompts import tight_box
 from ..errors import InputError
 
 __all__ = [
@@ -209,16 +210,10 @@ def _foreground(mask: np.ndarray) -> np.ndarray:
     return np.flatnonzero(mask)
 
 
-def _tight_box(mask: np.ndarray) -> np.ndarray:
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float64)
-
-
 def _noisy_box(mask: np.ndarray, rng: np.random.Generator, box_noise: float) -> np.ndarray:
     """The tight box with Gaussian corner noise (std ``box_noise`` x the box side), clipped, (4,) float32."""
     h, w = mask.shape
-    box = _tight_box(mask)
+    box = tight_box(mask)
     if box_noise > 0:
         side = np.array([box[2] - box[0], box[3] - box[1]] * 2, dtype=np.float64)
         box = box + rng.normal(0.0, 1.0, 4) * box_noise * np.maximum(side, 1.0)
@@ -238,7 +233,7 @@ def _negative_pool(mask: np.ndarray) -> np.ndarray:
     """Background pixels near the object (its tight box grown by a quarter of its side each way),
     where a user's negative click lands; all background if none lie there."""
     h, w = mask.shape
-    x0, y0, x1, y1 = _tight_box(mask)
+    x0, y0, x1, y1 = tight_box(mask)
     gx, gy = 0.25 * (x1 - x0 + 1), 0.25 * (y1 - y0 + 1)
     near = np.zeros_like(mask)
     near[max(0, int(y0 - gy)): min(h, int(y1 + gy) + 1), max(0, int(x0 - gx)): min(w, int(x1 + gx) + 1)] = True
@@ -284,16 +279,13 @@ def sample_prompt(mask: np.ndarray, kind: str, rng: np.random.Generator, box_noi
     background) or None, "box": (4,) float32 x0, y0, x1, y1 or None, "kind": the kind drawn,
     "refine": bool, "refine_seed": int (seeds the corrective point)}``.
     """
+    neg_prob = 0.0  # negatives only among mixed's multi-point prompts
     if kind == "mixed":
         names = list(MIXED_KINDS)
         kind = names[int(rng.choice(len(names), p=np.array([MIXED_KINDS[n] for n in names])))]
         if kind == "points":
             kind = f"points:{int(rng.integers(2, MIXED_MAX_POINTS + 1))}"
             neg_prob = MIXED_NEG_PROB
-        else:
-            neg_prob = 0.0
-    else:
-        neg_prob = 0.0
     out = {"coords": None, "labels": None, "box": None, "kind": kind, "refine": False, "refine_seed": 0}
     base = kind
     if kind == "refine":

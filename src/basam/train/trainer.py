@@ -85,15 +85,13 @@ class TrainModule(nn.Module):
         """Whether one pass can give all four outputs (SAM's own decoder; HQ returns one mask)."""
         return self.point_single_weight > 0 and not self.sam.is_hq
 
-    def _decode_all(self, f, coords, labels, boxes, mask_inputs) -> Tuple[Tensor, Tensor]:
-        """(B, 4, 4h, 4w) logits and (B, 4) IoU of every mask token (single first), one pass."""
-        return self.sam.decode_all_tokens(f, coords, labels, boxes, mask_inputs)
-
     def _add(self, sums: Dict[str, Tensor], parts: Dict[str, Tensor]) -> None:
         for k in sums:
             sums[k] = sums[k] + parts[k].sum()
 
     def forward(self, images: Tensor, masks: Tensor, prompts: Sequence[dict]) -> Dict[str, Tensor]:
+        from .data import corrective_point
+
         sam = self.sam
         device = images.device
         R = self.resolution
@@ -116,7 +114,8 @@ class TrainModule(nn.Module):
             all_tokens = multimask and self._all_tokens()
             with self._autocast(device):
                 if all_tokens:
-                    low_res, iou_pred = self._decode_all(f, coords, labels, boxes, None)
+                    # (B, 4, 4h, 4w) logits and (B, 4) IoU of every token, single-mask first
+                    low_res, iou_pred = sam.decode_all_tokens(f, coords, labels, boxes, None)
                 else:
                     low_res, iou_pred = sam.decode(f, coords, labels, boxes, None, multimask_output=multimask)
             logits = upsample_logits(low_res, S, R)
@@ -135,7 +134,7 @@ class TrainModule(nn.Module):
                 if not prompts[i].get("refine"):
                     continue
                 c = int(chosen[j])
-                point, label = _corrective(logits[j, c].detach() > 0, gt[j], int(prompts[i].get("refine_seed", 0)))
+                point, label = corrective_point(logits[j, c].detach() > 0, gt[j], int(prompts[i].get("refine_seed", 0)))
                 second.append({"i": i, "mask_input": low_res[j, c:c + 1].detach().float(), "point": point, "label": label,
                                "coords": None if coords is None else coords[j], "labels": None if labels is None else labels[j],
                                "box": None if boxes is None else boxes[j]})
@@ -178,12 +177,6 @@ def _stack_prompts(prompts: Sequence[dict], idx: List[int], n_points: int, has_b
     if has_box:
         boxes = torch.stack([torch.as_tensor(prompts[i]["box"]) for i in idx]).to(device=device, dtype=torch.float32)
     return coords, labels, boxes
-
-
-def _corrective(pred: Tensor, gt: Tensor, seed: int) -> Tuple[Tensor, int]:
-    from .data import corrective_point
-
-    return corrective_point(pred, gt, seed)
 
 
 # ----------------------------------------------------------------------------------------------
