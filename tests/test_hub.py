@@ -152,6 +152,7 @@ def test_official_table_entries_are_well_formed():
     expected = {
         "sam_vit_b", "sam_vit_l", "sam_vit_h", "mobile_sam",
         "sam_hq_vit_b", "sam_hq_vit_l", "sam_hq_vit_h", "sam_hq_vit_tiny",
+        *(f"{v}_hiera_{s}" for v in ("sam2", "sam2.1") for s in ("tiny", "small", "base_plus", "large")),
     }
     assert set(OFFICIAL_CHECKPOINTS) == expected
     for name, info in OFFICIAL_CHECKPOINTS.items():
@@ -165,10 +166,12 @@ def test_official_table_entries_are_well_formed():
 
 
 def test_official_table_has_every_hash_pinned_and_distinct():
-    # Every official file has a published SHA-256 (see the sources in hub.py); none may be lost.
-    hashes = [info.sha256 for info in OFFICIAL_CHECKPOINTS.values()]
-    assert all(h is not None for h in hashes)
-    assert len(set(hashes)) == len(hashes)
+    # Every SAM 1 file has a published SHA-256 (see the sources in the registry); none may be lost.
+    # SAM 2 publishes none: those (and only those) are trust-on-first-use.
+    unpinned = {name for name, info in OFFICIAL_CHECKPOINTS.items() if info.sha256 is None}
+    assert unpinned == {name for name in OFFICIAL_CHECKPOINTS if name.startswith(("sam2_", "sam2.1_"))}
+    hashes = [info.sha256 for name, info in OFFICIAL_CHECKPOINTS.items() if name not in unpinned]
+    assert len(hashes) == 8 and len(set(hashes)) == len(hashes)
     assert OFFICIAL_CHECKPOINTS["sam_vit_b"].sha256 == (
         "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"
     )
@@ -321,6 +324,36 @@ def test_unpinned_download_prints_its_sha256_as_unverified(server, basam_home, c
     # a later call uses the cached file
     hub.download_checkpoint("test", progress=False, info=_info(url, sha256=None))
     assert server.count("/m/model.pth") == 1
+
+
+def test_unpinned_file_is_checked_against_the_hash_of_its_first_download(server, basam_home, capsys):
+    # trust on first use: a cached unpinned file that changed since it was downloaded is replaced
+    url = server.serve("/m/model.pth", PAYLOAD)
+    path = hub.download_checkpoint("test", progress=False, info=_info(url, sha256=None))
+    changed = bytearray(PAYLOAD)
+    changed[7] ^= 0xFF  # same size, one flipped byte, a later mtime
+    path.write_bytes(bytes(changed))
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    capsys.readouterr()
+    again = hub.download_checkpoint("test", progress=False, info=_info(url, sha256=None))
+    assert again.read_bytes() == PAYLOAD and server.count("/m/model.pth") == 2
+    assert "does not match the SHA-256 recorded when it was downloaded" in capsys.readouterr().err
+    # an unchanged file that was only touched is re-hashed, found equal, and kept
+    st = again.stat()
+    os.utime(again, ns=(st.st_atime_ns, st.st_mtime_ns + 9_000_000_000))
+    hub.download_checkpoint("test", progress=False, info=_info(url, sha256=None))
+    assert server.count("/m/model.pth") == 2
+
+
+def test_unpinned_file_placed_by_hand_is_accepted_and_recorded(server, basam_home):
+    url = server.serve("/m/model.pth", PAYLOAD)
+    directory = basam_home / "checkpoints"
+    directory.mkdir(parents=True)
+    (directory / "model.pth").write_bytes(PAYLOAD)
+    hub.download_checkpoint("test", progress=False, info=_info(url, sha256=None))
+    assert server.count("/m/model.pth") == 0
+    assert PAYLOAD_SHA in (directory / "model.pth.sha256").read_text()
 
 
 def test_unpinned_size_mismatch_is_rejected(server, basam_home):

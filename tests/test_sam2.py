@@ -9,6 +9,7 @@ for CI; one test runs the full-size tiny model.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 import time
 import warnings
 
@@ -266,6 +267,7 @@ def test_registry_names_urls_and_oracle():
             info = SAM2_OFFICIAL_FILES[spec.name]
             assert info.url == f"https://dl.fbaipublicfiles.com/segment_anything_2/{release}/{version}_hiera_{size}.pt"
             assert info.filename == f"{spec.name}.pt" and info.sha256 is None  # none found published
+            assert spec.checkpoint is info  # downloadable (trust on first use)
             assert spec.oracle.package == "sam2" and spec.oracle.key.endswith(".yaml")
     assert get_spec("sam2.1_hiera_large").encoder.window_spec == (8, 4, 16, 8)
     assert get_spec("sam2.1_hiera_base_plus").encoder.window_pos_embed_bkg_spatial_size == (14, 14)
@@ -435,3 +437,171 @@ def test_automatic_mask_generator_runs_on_sam2():
                                        stability_score_thresh=0.0)
     recs = amg.generate(image(200, 300))
     assert recs and all(r["segmentation"].shape == (200, 300) for r in recs)
+
+
+# --------------------------------------------------------------------------------------------
+# the rest of basam on SAM 2: download, evaluate, train
+
+
+def test_download_through_the_hub_and_strict_load(tmp_path, oracle, monkeypatch, capsys):
+    """``load_model("sam2.1_hiera_tiny")`` with no checkpoint downloads the official file (from a local
+    server standing in for dl.fbaipublicfiles.com), says it is unverified (no published SHA-256) and
+    loads it strictly; the second call uses the cache and checks it against the recorded hash."""
+    import functools
+    import http.server
+    import threading
+
+    name = "sam2.1_hiera_tiny"
+    arch = reduced_arch(name)
+    served = tmp_path / "served"
+    served.mkdir()
+    official = build_official(name, arch)
+    save_official(official, served, name)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("BASAM_HOME", str(tmp_path / "home"))
+        monkeypatch.setenv("BASAM_HUB_URL", f"http://127.0.0.1:{httpd.server_address[1]}/")
+        model = load_model(name, architecture=arch, progress=False)
+        err = capsys.readouterr().err
+        assert "UNVERIFIED" in err and "sam2.1_hiera_tiny.pt" in err
+        cached = tmp_path / "home" / "checkpoints" / "sam2.1_hiera_tiny.pt"
+        assert cached.is_file() and (cached.parent / "sam2.1_hiera_tiny.pt.sha256").is_file()
+        # every image-path tensor came over unchanged (the outputs are compared in the parity tests)
+        from basam.models.sam2 import sam2_checkpoint_filter
+
+        ours, ref = model.state_dict(), sam2_checkpoint_filter(official.state_dict())
+        assert set(ref) == {k for k in ours if not k.endswith(".bam.slopes")}
+        assert all(torch.equal(ours[k], v) for k, v in ref.items())
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    again = load_model(name, architecture=arch, progress=False)  # the server is gone: from the cache
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+
+
+def _sam2_arch_json() -> str:
+    import json
+
+    return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in reduced_arch("sam2.1_hiera_tiny").items()})
+
+
+def _folder(root, n=3, seed=0):
+    """images/ + masks/ PNGs: a bright rectangle (the mask) on noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        h, w = 100 + 12 * i, 140
+        img = rng.integers(0, 70, (h, w, 3)).astype(np.uint8)
+        m = np.zeros((h, w), bool)
+        m[20 + i: 70, 30: 90 + i] = True
+        img[m] += np.array([160, 110, 60], np.uint8)
+        Image.fromarray(img).save(root / "images" / f"s{i}.png")
+        Image.fromarray(m.astype(np.uint8) * 255).save(root / "masks" / f"s{i}.png")
+    return root
+
+
+def test_cli_evaluate_on_sam2(tmp_path):
+    import json
+
+    from basam.checkpoint import save_model
+    from basam.cli import main
+
+    data = _folder(tmp_path / "synth")
+    ckpt = save_model(_small("basam"), tmp_path / "sam2.safetensors")
+    out = tmp_path / "out"
+    rc = main(["evaluate", "--data", str(data), "--model", "sam2.1_hiera_tiny", "--checkpoint", str(ckpt),
+               "--architecture", _sam2_arch_json(), "--resolutions", "128", "256", "--attention", "vanilla", "basam",
+               "--prompt", "point", "--out", str(out), "-q"])
+    assert rc == 0
+    rows = json.loads((out / "summary.json").read_text())["datasets"]["synth"]["rows"]
+    assert sorted((r["attention"], r["resolution"], r["n"]) for r in rows) == [
+        ("basam", 128, 3), ("basam", 256, 3), ("vanilla", 128, 3), ("vanilla", 256, 3)]
+    assert all(0.0 <= r["iou"] <= 1.0 and 0.0 <= r["mae"] <= 1.0 for r in rows)
+    # the BA-SAM bias changes what the model sees at 256 px (a grid 2x the 128 px one)
+    per = {(r["attention"], r["resolution"]): r["mae"] for r in rows}
+    assert per[("basam", 256)] != per[("vanilla", 256)]
+
+
+@pytest.mark.parametrize("policy", ["slopes", "decoder", "full"])
+def test_train_policies_on_sam2(tmp_path, policy):
+    from basam.checkpoint import read_state_dict, save_model
+    from basam.train import config as tc
+    from basam.train import load_trained, run
+
+    data = _folder(tmp_path / "synth", n=4)
+    model = _small("basam")
+    # untrained slopes at their beta init (randomize() moved them; the trainer would reset them to beta)
+    fresh = create_model("sam2.1_hiera_tiny", attention="basam", **reduced_arch("sam2.1_hiera_tiny")).state_dict()
+    model.load_state_dict({**model.state_dict(), **{k: v for k, v in fresh.items() if k.endswith(".bam.slopes")}})
+    init = save_model(model, tmp_path / "init.safetensors")
+    arch = {k: list(v) if isinstance(v, tuple) else v for k, v in reduced_arch("sam2.1_hiera_tiny").items()}
+    cfg = tc.resolve_config(dict(
+        model="sam2.1_hiera_tiny", architecture=arch, checkpoint=str(init), data=[str(data)], out=str(tmp_path / "out"),
+        resolution=128, steps=2, batch_size=2, num_workers=0, log_every=1, eval_every=0, save_every=0, warmup=1,
+        lr=1e-2 if policy == "slopes" else 1e-3, quiet=True, tensorboard=False, train=policy, attention="basam",
+        beta=1.0, prompt="mixed"))  # beta: the preset's, which the init checkpoint's untrained slopes hold
+    summary = run(cfg)
+    after_path = Path(summary["checkpoint"]) / "model.safetensors"
+    before, after = read_state_dict(init), read_state_dict(after_path)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    slopes = {k for k in before if k.endswith(".bam.slopes")}
+    assert slopes, "the basam preset gives every Hiera block slopes"
+    if policy == "slopes":
+        assert changed == slopes
+    elif policy == "decoder":
+        assert changed and all(k.startswith("mask_decoder.") for k in changed)
+        assert any(k.startswith("mask_decoder.conv_s0.") for k in changed)  # the high-resolution projections learn
+    else:
+        for part in ("image_encoder.trunk.", "image_encoder.neck.", "prompt_encoder.", "mask_decoder."):
+            assert any(k.startswith(part) for k in changed), part
+    model = load_trained(after_path)
+    assert isinstance(model, Sam2)
+
+
+def test_bench_official_baseline_on_sam2(oracle):
+    """``bench --baseline official`` builds the official SAM 2 model (hydra config, random weights), hands
+    its weights to basam and pairs the two; the official predictor refuses sizes other than 1024."""
+    from basam import bench
+
+    name = "sam2.1_hiera_tiny"
+    official = bench.build_official(name)
+    assert type(official).__module__.startswith("sam2.") and bench.official_img_size(official) == 1024
+    predictor_cls, generator_cls = bench.official_api(official)
+    assert predictor_cls.__name__ == "SAM2ImagePredictor" and generator_cls.__name__ == "SAM2AutomaticMaskGenerator"
+    ours = bench.build_basam(name, "vanilla", state_dict=official.state_dict())
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        want = official.forward_image(x)
+        got = ours.encode(x)
+    assert rel(got.multiscale[0], want["backbone_fpn"][0]) <= BAR  # both projected by the decoder's conv_s0
+    torch.set_num_threads(1)
+    results = bench.run_bench([name], [128], presets=["vanilla"], parts=["encoder"], baseline="official", device="cpu",
+                              warmup=0, iters=1, progress=False)
+    theirs, mine = results
+    assert theirs.case.impl == "official" and theirs.status == "ok" and mine.status == "ok"
+    assert mine.extra["time_vs_official"] == pytest.approx(mine.ms / theirs.ms)
+    assert 0 <= mine.params_m - theirs.params_m < 1e-4  # the same encoder plus one BA-SAM slope per head
+    refused = bench.run_case(bench.BenchCase("official", name, "predictor", 512, "fp32", "vanilla", False, 1), official,
+                             torch.device("cpu"), 0, 1, False)
+    assert refused.status == "unsupported: the official predictor runs at 1024 px only"
+
+
+def test_cli_help_and_package_name_every_sam2_model():
+    import re
+
+    import basam
+    from basam.cli.options import MODEL_NAMES_HELP
+
+    named = set()
+    for group in re.findall(r"[\w.]+(?:\|\w+)*", MODEL_NAMES_HELP.split(":", 1)[1]):
+        first, *rest = group.split("|")
+        stem = first.rsplit("_", 1)[0] if rest else first
+        named |= {first, *(f"{stem}_{r}" for r in rest)}
+    assert set(MODEL_SPECS) <= named, sorted(set(MODEL_SPECS) - named)
+    assert basam.Sam2Predictor is Sam2Predictor and "Sam2Predictor" in basam.__all__

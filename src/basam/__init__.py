@@ -33,6 +33,7 @@ _LAZY = {
     "create_model": ".models",
     "list_models": ".models",
     "Predictor": ".predictor",
+    "Sam2Predictor": ".sam2_predictor",
     "AutomaticMaskGenerator": ".amg",
 }
 
@@ -60,3 +61,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .load import load_model, load_weights_into
     from .models import Sam, create_model, list_models
     from .predictor import Predictor
+    from .sam2_predictor import Sam2Predictor

@@ -179,8 +179,31 @@ def build_official(model: str) -> nn.Module:
     pkg, key = _official_package(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sam = pkg.sam_model_registry[key](checkpoint=None)
+        if pkg.__name__ == "sam2":  # built from its hydra config, as sam2.build_sam does for a checkpoint
+            from sam2.build_sam import build_sam2
+
+            sam = build_sam2(key, None, device="cpu")
+        else:
+            sam = pkg.sam_model_registry[key](checkpoint=None)
     return sam.eval()
+
+
+def official_api(sam: nn.Module) -> Tuple[type, type]:
+    """(image predictor class, automatic mask generator class) of the official package ``sam`` was built from."""
+    package = type(sam).__module__.split(".")[0]
+    if package == "sam2":
+        from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        return SAM2ImagePredictor, SAM2AutomaticMaskGenerator
+    pkg = sys.modules[package]  # segment_anything, mobile_sam, segment_anything_hq
+    return pkg.SamPredictor, pkg.SamAutomaticMaskGenerator
+
+
+def official_img_size(sam: nn.Module) -> int:
+    """The one input side the official model's predictor and generator run at (1024)."""
+    size = getattr(sam.image_encoder, "img_size", None)
+    return int(size if size is not None else sam.image_size)  # SAM 2 keeps it on the model
 
 
 def build_basam(model: str, preset: str, state_dict: Optional[dict] = None, checkpoint: Optional[str] = None) -> nn.Module:
@@ -225,8 +248,10 @@ def _autocast(device: torch.device, dtype: torch.dtype, enabled: bool):
 
 
 def _encoder_call(impl: str, sam: nn.Module, x: torch.Tensor, compiled: Optional[Callable]) -> Callable[[], object]:
-    # basam: Sam.encode (the path the predictor takes, CUDA graphs included when on)
-    enc = compiled if compiled is not None else (sam.encode if impl == "basam" else sam.image_encoder)
+    # basam: Sam.encode (the path the predictor takes, CUDA graphs included when on); official SAM 2:
+    # forward_image (the trunk, the neck and the decoder's two projections, as basam's encode)
+    official = getattr(sam, "forward_image", sam.image_encoder)
+    enc = compiled if compiled is not None else (sam.encode if impl == "basam" else official)
 
     def call():
         with torch.inference_mode():
@@ -243,12 +268,15 @@ def _predictor_calls(impl: str, sam: nn.Module, image, resolution: int):
     point = np.array([[w * 0.5, h * 0.5]])
     label = np.array([1])
     if impl == "basam":
-        from .predictor import Predictor
+        from .models.sam2 import Sam2
 
-        pred = Predictor(sam, resolution=resolution)
+        if isinstance(sam, Sam2):  # the SAM2ImagePredictor interface and preprocessing: equal work
+            from .sam2_predictor import Sam2Predictor as cls
+        else:
+            from .predictor import Predictor as cls
+        pred = cls(sam, resolution=resolution)
     else:
-        pkg = sys.modules[type(sam).__module__.split(".")[0]]
-        pred = pkg.SamPredictor(sam)
+        pred = official_api(sam)[0](sam)
 
     def full():
         with torch.inference_mode():
@@ -277,9 +305,9 @@ def run_case(case: BenchCase, sam: nn.Module, device: torch.device, warmup: int,
     grid = math.ceil(case.resolution / stride)
     side = grid * stride
     if case.impl == "official":
-        if case.part in ("predictor", "amg") and case.resolution != sam.image_encoder.img_size:
+        if case.part in ("predictor", "amg") and case.resolution != official_img_size(sam):
             what = "predictor" if case.part == "predictor" else "mask generator"
-            res.status = f"unsupported: the official {what} runs at {sam.image_encoder.img_size} px only"
+            res.status = f"unsupported: the official {what} runs at {official_img_size(sam)} px only"
             return res
         resample_official_pos_embed(sam.image_encoder, grid)
     if case.cuda_graph:

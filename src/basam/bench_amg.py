@@ -4,8 +4,8 @@ One case times whole ``generate(image)`` calls on a synthetic scene (flat backgr
 discs, the longest side = the case's resolution, 3:2). basam's case runs
 :class:`basam.AutomaticMaskGenerator` at the case's resolution and attention preset; the official
 case runs the official package's ``SamAutomaticMaskGenerator`` (``segment_anything``,
-``mobile_sam`` or ``segment_anything_hq``, the one the model was built from), which can only run at
-its model's ``img_size``. Both use the official defaults (thresholds 0.88 / 0.95, 64 points per
+``mobile_sam`` or ``segment_anything_hq``, the one the model was built from; ``sam2``'s
+``SAM2AutomaticMaskGenerator`` for SAM 2), which can only run at its model's ``img_size``. Both use the official defaults (thresholds 0.88 / 0.95, 64 points per
 batch, no crops) and the same ``points_per_side``; with ``--baseline official`` both hold the same
 weights, so they produce the same records (``tests/test_amg.py``) and the ratio compares equal
 work. The number of masks each produced is kept in ``extra["masks"]``.
@@ -17,7 +17,6 @@ the timed calls, and the peak over one more call.
 from __future__ import annotations
 
 import statistics
-import sys
 import warnings
 from functools import partial
 from typing import Callable, List, Mapping, Optional, Tuple
@@ -50,9 +49,11 @@ def generator_call(impl: str, sam: nn.Module, image: np.ndarray, resolution: int
 
         gen = AutomaticMaskGenerator(sam, resolution=resolution, points_per_side=points_per_side)
     else:
-        # the official package the model's classes come from (segment_anything, mobile_sam, ...)
-        pkg = sys.modules[type(sam).__module__.split(".")[0]]
-        gen = pkg.SamAutomaticMaskGenerator(sam, points_per_side=points_per_side)
+        # the official package the model's classes come from (segment_anything, mobile_sam, ..., sam2)
+        from .bench import official_api
+
+        # SAM 2's generator defaults pred_iou_thresh to 0.8; the SAM value (basam's default) keeps the work equal
+        gen = official_api(sam)[1](sam, points_per_side=points_per_side, pred_iou_thresh=0.88)
     last: List[int] = [0]
 
     def call() -> List[dict]:

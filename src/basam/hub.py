@@ -51,8 +51,9 @@ class CheckpointInfo:
     """Where an official checkpoint file comes from and what it must hash to.
 
     ``sha256`` is the lowercase hex SHA-256 of the whole file, or ``None`` where no published
-    value is known (the download is then accepted unverified, with a warning that prints the
-    hash it got). ``size_bytes`` is the published size, or ``None``. ``source_page`` is the
+    value is known (SAM 2: the download is then accepted unverified, with a warning that prints the
+    hash it got, and that hash is the reference the cached file is checked against afterwards:
+    trust on first use). ``size_bytes`` is the published size, or ``None``. ``source_page`` is the
     human-readable page that documents the checkpoint.
     """
 
@@ -149,10 +150,8 @@ def download_checkpoint(
         if dest.is_file() and not force:
             if _cached_file_ok(dest, entry):
                 return dest
-            _warn(
-                f"warning: cached {dest} does not match the pinned SHA-256 of {name}; "
-                "deleting it and downloading it again"
-            )
+            reference = "pinned SHA-256" if entry.sha256 is not None else "SHA-256 recorded when it was downloaded"
+            _warn(f"warning: cached {dest} does not match the {reference} of {name}; deleting it and downloading it again")
             _remove_quietly(dest)
             _remove_quietly(_sidecar(dest))
         _remove_stale_partials(dest)
@@ -200,9 +199,9 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + _SIDECAR_SUFFIX)
 
 
-def _known_sha256(path: Path) -> str:
+def _known_sha256(path: Path, remember: bool = True) -> str:
     """The file's SHA-256, from its sidecar when that still describes the file, else computed
-    (and then remembered in the sidecar)."""
+    (and then, with ``remember``, recorded in the sidecar)."""
     st = path.stat()
     try:
         record = json.loads(_sidecar(path).read_text(encoding="utf-8"))
@@ -216,7 +215,8 @@ def _known_sha256(path: Path) -> str:
     except (OSError, ValueError):
         pass
     digest = sha256_file(path)
-    _write_sidecar(path, digest)
+    if remember:
+        _write_sidecar(path, digest)
     return digest
 
 
@@ -239,13 +239,32 @@ def _write_sidecar(path: Path, digest: str) -> None:
         pass  # a read-only cache still works; it is just verified again next time
 
 
+def _recorded_sha256(path: Path) -> str | None:
+    """The SHA-256 the sidecar recorded for ``path`` (whatever the file's size and mtime now), or None."""
+    try:
+        record = json.loads(_sidecar(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    digest = record.get("sha256") if isinstance(record, dict) else None
+    return digest if isinstance(digest, str) else None
+
+
 def _cached_file_ok(path: Path, entry: CheckpointInfo) -> bool:
     try:
         size = path.stat().st_size
         if entry.size_bytes is not None and size != entry.size_bytes:
             return False
         if entry.sha256 is None:
-            return True  # nothing to verify against; it was accepted (with a warning) before
+            # No published hash: trust on first use. The hash recorded when the file was downloaded
+            # (or first found in the cache) is the reference, so a file that changed since is caught.
+            recorded = _recorded_sha256(path)
+            if recorded is None:  # first seen (placed by hand): its hash becomes the reference
+                _known_sha256(path)
+                return True
+            if _known_sha256(path, remember=False) != recorded:
+                return False  # the sidecar keeps the reference for the caller's second look
+            _write_sidecar(path, recorded)  # touched, not changed: remember its new mtime
+            return True
         return _known_sha256(path) == entry.sha256
     except OSError:
         return False

@@ -138,13 +138,18 @@ def parse_architecture(value: str) -> dict:
 # Option groups shared by the subcommands
 
 
+#: the registry's names, written out without importing it (``basam --help`` stays torch-free);
+#: tests/test_sam2.py checks that it names every registered model
+MODEL_NAMES_HELP = ("registry name: sam_vit_b|l|h, mobile_sam, sam_hq_vit_b|l|h|tiny, basam_tiny, "
+                    "sam2.1_hiera_tiny|small|base_plus|large, sam2_hiera_tiny|small|base_plus|large")
+
+
 def add_model_options(parser, *, checkpoint_help: str = "weights file (.pth/.pt/.safetensors); default: download the official one once",
                       architecture: bool = True, hq_token_only: bool = True, hq_fusion: bool = False,
                       model_default: Optional[str] = DEFAULT_MODEL, model_help: Optional[str] = None):
     """``--model``, ``--checkpoint`` (and ``--architecture``, ``--hq-token-only``, ``--hq-fusion``)."""
     parser.add_argument("--model", default=model_default, metavar="NAME",
-                        help=model_help or "registry name: sam_vit_b|l|h, mobile_sam, sam_hq_vit_b|l|h|tiny, basam_tiny "
-                                           "(default: %(default)s)")
+                        help=model_help or MODEL_NAMES_HELP + " (default: %(default)s)")
     parser.add_argument("--checkpoint", metavar="PATH", help=checkpoint_help)
     if hq_token_only:
         parser.add_argument("--hq-token-only", action="store_true", default=None,

@@ -241,8 +241,9 @@ _HIERA = {
 _SAM2_PAGE = "https://github.com/facebookresearch/sam2#model-description"
 _SAM2_CFG = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
 #: The official SAM 2 files (URLs from the sam2 README / checkpoints/download_ckpts.sh). No
-#: SHA-256 was found published for them, and every file on a ModelSpec must have its hash pinned
-#: (tests/test_hub.py), so they are not attached to the specs yet: load them with checkpoint=PATH.
+#: SHA-256 is published for them (Meta's download script checks none, and none could be found), so
+#: their downloads are trust-on-first-use (basam.hub prints the hash it got and checks the cached
+#: file against it later); pin them here once someone has hashed the real files.
 SAM2_OFFICIAL_FILES: Dict[str, CheckpointInfo] = {}
 for _version, _release, _cfg_dir in (("sam2.1", "092824", "configs/sam2.1/sam2.1"), ("sam2", "072824", "configs/sam2/sam2")):
     for _size, _hiera in _HIERA.items():
@@ -252,6 +253,7 @@ for _version, _release, _cfg_dir in (("sam2.1", "092824", "configs/sam2.1/sam2.1
             sha256=None, size_bytes=None, source_page=_SAM2_PAGE)
         register(ModelSpec(
             _name, _hiera, description=f"SAM {_version[3:]} Hiera-{_size.replace('_plus', '+')} (image prediction)",
+            checkpoint=SAM2_OFFICIAL_FILES[_name],
             oracle=Oracle("sam2", f"{_cfg_dir}_hiera_{_SAM2_CFG[_size]}.yaml", "sam2"),
         ))
 
