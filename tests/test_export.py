@@ -407,11 +407,13 @@ def test_failed_export_leaves_an_earlier_export_intact(tmp_path, monkeypatch):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-def test_sam2_export_is_refused_in_one_line(tmp_path):
-    """SAM 2 is not exportable yet: a clear InputError naming it, and nothing written."""
+def test_sam2_export_refuses_hq_options_in_one_line(tmp_path):
+    """SAM 2 exports (parity in test_export_sam2.py); HQ-SAM's options on it: a one-line InputError
+    naming them, and nothing written."""
     from basam.models.registry import create_model
 
     model = create_model("sam2.1_hiera_tiny", embed_dim=16, stages=(1, 1, 2, 1), global_att_blocks=(3,))
-    with pytest.raises(InputError, match="SAM 2"):
-        export_onnx(model, tmp_path / "out", resolution=256)
+    with pytest.raises(InputError, match="HQ-SAM") as e:
+        export_onnx(model, tmp_path / "out", resolution=256, hq_token_only=True)
+    assert "\n" not in str(e.value)
     assert not (tmp_path / "out").exists()

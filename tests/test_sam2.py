@@ -402,6 +402,11 @@ def test_cli_segment_with_random_weights(tmp_path, capsys):
         assert rc == 0
         mask = np.asarray(Image.open(out))
         assert mask.shape[:2] == (120, 200)
+        # the CLI runs SAM 2 through Sam2Predictor (the official square resize), as its ONNX runtime does
+        pred = Sam2Predictor(load_model("sam2.1_hiera_tiny", checkpoint=ckpt, architecture=arch), resolution=res)
+        pred.set_image(image(120, 200))
+        want, _, _ = pred.predict(np.array([[50.0, 60.0]]), np.array([1]), multimask_output=False)
+        assert np.array_equal(mask > 0, want[0] > 0)
     rc = main(["segment", str(img), "--model", "sam2.1_hiera_tiny", "--checkpoint", str(ckpt), "--hq-token-only",
                "--architecture", json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}),
                "--point", "50,60", "--resolution", "256", "--out", str(tmp_path / "x.png"), "-q"])

@@ -27,8 +27,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "Write encoder.onnx (the image encoder at --resolution, with the attention preset's NSF\n"
             "scale, BM-AM bias, relative-position tables and resampled position embedding folded in)\n"
             "and decoder.onnx (the official SAM ONNX decoder's inputs and outputs), plus\n"
-            "basam_onnx.json with the export settings. Run them with `basam segment --runtime onnx`\n"
-            "or basam.export.OnnxPredictor. Needs the [onnx] extra."
+            "basam_onnx.json with the export settings (SAM 2: the encoder also outputs the two\n"
+            "high-resolution maps, the decoder takes them; see basam.export.exporter). Run them with\n"
+            "`basam segment --runtime onnx` or basam.export.OnnxPredictor. Needs the [onnx] extra."
         ),
         epilog=(
             "examples:\n"
@@ -49,7 +50,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     q.add_argument("--quantize", action="store_true",
                    help="also write encoder.quant.onnx / decoder.quant.onnx (onnxruntime dynamic int8)")
     q.add_argument("--return-single-mask", action="store_true",
-                   help="SAM / MobileSAM: the decoder returns one mask, chosen as the official export does")
+                   help="SAM / MobileSAM: the decoder returns one mask, chosen as the official export does "
+                        "(SAM 2: by its multimask-via-stability rule, as Sam2Predictor)")
     q.add_argument("--multimask-output", action="store_true",
                    help="HQ-SAM: fuse the HQ mask with SAM's best multimask output (official HQ export option)")
     q.add_argument("-q", "--quiet", action="store_true", help="no notes on stderr")

@@ -197,7 +197,14 @@ def run(args: argparse.Namespace) -> int:
             args.model, checkpoint=args.checkpoint, attention=config, device=device,
             progress=not args.quiet, architecture=arch, **({} if config is not None else overrides),
         )
-        predictor = Predictor(model, resolution=args.resolution)
+        from ..models.sam2 import Sam2
+
+        if isinstance(model, Sam2):  # SAM 2's own preprocessing (square resize), as the ONNX runtime's
+            from ..sam2_predictor import Sam2Predictor
+
+            predictor = Sam2Predictor(model, resolution=args.resolution)
+        else:
+            predictor = Predictor(model, resolution=args.resolution)
         print(
             f"model {args.model}  resolution {predictor.resolution}  attention {_describe_attention(model.attention_config)}  "
             f"device {device}  image {width}x{height}",
@@ -220,10 +227,11 @@ def run(args: argparse.Namespace) -> int:
     coords = np.array([[x, y] for x, y, _ in points], dtype=float) if points else None
     labels = np.array([label for _, _, label in points], dtype=np.int64) if points else None
     box_arr = np.array(box, dtype=float) if box is not None else None
-    masks, scores, _ = predictor.predict(
-        point_coords=coords, point_labels=labels, box=box_arr,
-        multimask_output=args.multimask, hq_token_only=True if args.hq_token_only else None,
-    )
+    # Sam2Predictor has SAM2ImagePredictor's signature (no HQ token; --hq-token-only is refused for SAM 2)
+    hq = {} if type(predictor).__name__ == "Sam2Predictor" else {"hq_token_only": True if args.hq_token_only else None}
+    masks, scores, _ = predictor.predict(point_coords=coords, point_labels=labels, box=box_arr,
+                                         multimask_output=args.multimask, **hq)
+    masks = np.asarray(masks) > 0  # Sam2Predictor returns 0/1 floats, as SAM2ImagePredictor does
 
     # 5. Write: every mask and the overlay staged first, then renamed together (all or nothing), so a
     #    failed overlay leaves the earlier masks as they were, not overwritten.

@@ -49,6 +49,28 @@ runs once per image, the light prompt decoder once per click.
     at its dummy input's 1500 x 2250). Embeddings of another grid fail onnxruntime's shape check:
     export one pair per resolution.
 
+SAM 2 / SAM 2.1 (``family`` "sam2" in ``basam_onnx.json``; the image path of :class:`basam.Sam2Predictor`)
+    ``encoder.onnx``: ``image`` float32 (1, 3, R, R), RGB 0..255, the image already *stretched* to
+    R x R (bilinear, antialiased: SAM 2 does not keep the aspect ratio); normalisation, and the
+    zero padding to S x S where R is not a multiple of 32, in the graph. Outputs
+    ``image_embeddings`` (1, C, S/16, S/16) with ``no_mem_embed`` added, ``high_res_feats_0``
+    (1, C/8, S/4, S/4) and ``high_res_feats_1`` (1, C/4, S/8, S/8): the FPN's stride-4 / stride-8
+    maps already projected by the decoder's ``conv_s0`` / ``conv_s1`` (what the official
+    ``high_res_feats`` hold; C = 256: 32 and 64 channels).
+
+    ``decoder.onnx``: inputs ``image_embeddings``, ``high_res_feats_0``, ``high_res_feats_1``, then
+    SAM's ``point_coords`` (1, N, 2) in the R x R frame (pixels), ``point_labels`` (1, N),
+    ``mask_input`` (1, 1, 4h, 4w), ``has_mask_input`` (1,), ``orig_im_size`` (2,). SAM 2's layout:
+    the box corners (2, 3) first, then the clicks, then one padding point (-1) whenever there is a
+    point or a box; N = 0 for a mask alone. Outputs ``masks`` (1, M, H, W) logits, ``iou_predictions``
+    (1, M), ``low_res_masks`` (1, M, 4h, 4w) clamped to [-32, 32] (as the predictor returns them,
+    ready to feed back), ``object_score_logits`` (1, 1) (> 0: an object). M = 4 (single-mask token
+    first), or M = 1 with ``return_single_mask``: what ``Sam2Predictor.predict(multimask_output=False)``
+    returns, i.e. SAM 2's "multimask via stability" rule (the single-mask token unless its logits'
+    stability is below 0.98, then the best multimask token), not SAM's point-count rule; on a 4-mask
+    decoder :class:`~basam.export.runtime.OnnxPredictor` applies the same rule. Masks: the low-res
+    logits resized straight to ``orig_im_size`` (R = S), else upscaled to S, cropped to R, resized.
+
 After tracing (TorchScript exporter), onnxruntime's basic optimisation level folds every
 weight- and shape-only subgraph into constants, broadcast copies among them are stored at their
 un-broadcast size and equal ones once; the graphs hold standard ONNX operators only (opsets 14-20
@@ -211,6 +233,73 @@ class HQDecoderForExport(DecoderForExport):
                             interm_embeddings=interm_embeddings)
 
 
+class Sam2EncoderForExport(nn.Module):
+    """SAM 2's image encoder (Hiera + FPN neck) with normalisation folded in.
+
+    image (1, 3, R, R) RGB 0..255, already stretched to R x R (as :class:`basam.Sam2Predictor`
+    resizes) -> image_embeddings (1, C, S/16, S/16) with ``no_mem_embed`` added, high_res_feats_0
+    (1, C/8, S/4, S/4) and high_res_feats_1 (1, C/4, S/8, S/8), the stride-4 / stride-8 maps
+    already projected by the decoder's ``conv_s0`` / ``conv_s1`` (S = ``model.padded_size(R)``;
+    S = R when R is a multiple of 32, else the image is zero-padded to S after normalising).
+    """
+
+    def __init__(self, model: nn.Module, resolution: int) -> None:
+        super().__init__()
+        self.model = model
+        self.resolution = int(resolution)
+        self.side = int(model.padded_size(resolution))
+
+    def forward(self, image: Tensor):
+        # Sam.preprocess's normalisation and padding (the pad only where there is one: a zero-width
+        # Pad would stay in the graph), then Sam2.encode itself (no_mem_embed, conv_s0 / conv_s1).
+        m, pad = self.model, self.side - self.resolution
+        x = (image.reshape(1, 3, self.resolution, self.resolution) - m.pixel_mean) / m.pixel_std
+        if pad:
+            x = F.pad(x, (0, pad, 0, pad))
+        feats = m.encode(x)
+        return feats.embeddings, feats.multiscale[0], feats.multiscale[1]
+
+
+class Sam2DecoderForExport(DecoderForExport):
+    """SAM 2's prompt encoder + mask decoder + postprocessing; I/O in the module docstring.
+
+    The prompt embedding is SAM's (SAM 2 uses the same labels: -1 padding, 0 / 1 points, 2 / 3 box
+    corners, the caller orders them: corners, clicks, one padding point).
+    """
+
+    def __init__(self, model: nn.Module, resolution: int, grid, return_single_mask: bool = False) -> None:
+        super().__init__(model, resolution, grid, return_single_mask=return_single_mask)
+
+    def _select_single_sam2(self, masks: Tensor, iou: Tensor) -> tuple:
+        """What ``Sam2MaskDecoder.forward(multimask_output=False)`` returns in eval: the single-mask
+        token, or where its logits are unstable the best multimask token (when the decoder is
+        configured for the "multimask via stability" rule)."""
+        if self.mask_decoder.dynamic_multimask_via_stability:
+            return self.mask_decoder._single_or_best(masks, iou)  # gather + where: no control flow
+        return masks[:, :1], iou[:, :1]
+
+    def _postprocess_sam2(self, masks: Tensor, orig_im_size: Tensor) -> Tensor:
+        """(1, M, S/4, S/4) -> (1, M, H, W) as ``Sam2.postprocess_masks``: straight to the original
+        size when there is no padding (R = S), else upscale to S, crop to R, resize."""
+        orig = orig_im_size.to(torch.int64)
+        if self.side != self.resolution:
+            masks = F.interpolate(masks, size=(self.side, self.side), mode="bilinear", align_corners=False)
+            masks = masks[..., : self.resolution, : self.resolution]
+        return F.interpolate(masks, size=(orig[0], orig[1]), mode="bilinear", align_corners=False)
+
+    def forward(self, image_embeddings, high_res_feats_0, high_res_feats_1, point_coords, point_labels, mask_input,
+                has_mask_input, orig_im_size):
+        sparse = self._embed_points(point_coords, point_labels)
+        dense = self._embed_masks(mask_input, has_mask_input)
+        masks, iou, obj = self.mask_decoder.predict_masks(image_embeddings, self.image_pe, sparse, dense,
+                                                          [high_res_feats_0, high_res_feats_1])
+        if self.return_single_mask:
+            masks, iou = self._select_single_sam2(masks, iou)
+        # Full-size masks from the raw logits, the low-res ones clamped as Sam2Predictor returns them
+        # (the clamp is what an official SAM 2 mask_input expects to be fed back).
+        return self._postprocess_sam2(masks, orig_im_size), iou, masks.clamp(-32.0, 32.0), obj
+
+
 def _export_copy(model: nn.Module) -> nn.Module:
     """A CPU fp32 eval copy of ``model`` whose attention runs the plain reference path.
 
@@ -263,6 +352,9 @@ def _onnx_export(module: nn.Module, args: tuple, path: Path, input_names, output
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         options.optimized_model_filepath = str(folded)
+        # errors only: its shape-merge warnings on the traced Resize of SAM 2's position embedding
+        # (folded away right here) are noise to the user
+        options.log_severity_level = 3
         if big:
             options.add_session_config_entry("session.optimized_model_external_initializers_file_name", folded.name + ".data")
             options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
@@ -446,13 +538,16 @@ def export_onnx(
     """Write ``encoder.onnx``, ``decoder.onnx`` (and ``*.quant.onnx``) and ``basam_onnx.json``.
 
     Args:
-        model: a :class:`basam.Sam` (SAM ViT, MobileSAM or HQ-SAM), with the attention config it
-            should be exported with (``model.set_attention(...)`` first); the model is not modified.
+        model: a :class:`basam.Sam` (SAM ViT, MobileSAM, HQ-SAM, or SAM 2 / 2.1: see the module
+            docstring for its graphs), with the attention config it should be exported with
+            (``model.set_attention(...)`` first); the model is not modified.
         out_dir: the folder to write into (created).
-        resolution: longest image side (px) the pair works at; default the model's ``img_size``.
+        resolution: longest image side (px) the pair works at (SAM 2: the side of the square the
+            image is stretched to); default the model's ``img_size``.
         opset: ONNX opset (14-20; default 17).
         quantize: also write dynamically int8-quantized copies of both graphs.
-        return_single_mask: SAM / MobileSAM: one mask per call, chosen by the official rule.
+        return_single_mask: SAM / MobileSAM: one mask per call, chosen by the official rule
+            (SAM 2: by its "multimask via stability" rule).
         hq_token_only, multimask_output: HQ-SAM only, as in the official HQ export: the HQ mask
             alone (else HQ + SAM mask), and which SAM mask is fused (best multimask vs single).
     Returns:
@@ -460,11 +555,6 @@ def export_onnx(
     """
     from ..predictor import check_resolution
 
-    from ..models.sam2 import Sam2
-
-    if isinstance(model, Sam2):  # its encoder hands the decoder three feature levels, not one
-        raise InputError(f"ONNX export does not support SAM 2 models yet ({getattr(model, 'name', 'sam2')}); "
-                         "export a SAM, MobileSAM or HQ-SAM model")
     resolution = check_resolution(resolution if resolution is not None else model.img_size)
     if opset not in SUPPORTED_OPSETS:
         raise InputError(f"opset must be in {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}, got {opset}")
@@ -508,8 +598,15 @@ def export_onnx(
 def _export_staged(model: nn.Module, out: Path, resolution: int, *, opset: int, quantize: bool,
                    return_single_mask: bool, hq_token_only: bool, multimask_output: bool) -> Dict[str, Path]:
     """:func:`export_onnx`'s work, writing every file into the (empty) folder ``out``."""
+    from ..models.sam2 import Sam2
+
     m = _export_copy(model)
     side = m.padded_size(resolution)
+    if isinstance(m, Sam2):
+        paths, grid, enc_shapes, dec_shapes, extra = _export_sam2_graphs(m, out, resolution, opset, return_single_mask)
+        return _write_metadata(model, m, out, paths, resolution, side, grid, opset, enc_shapes, dec_shapes, quantize,
+                               return_single_mask=return_single_mask, hq_token_only=False, multimask_output=False,
+                               extra=extra)
 
     encoder = EncoderForExport(m, resolution).eval()
     # A resized image of the usual 4:3 shape (not square) so that the padding path is traced.
@@ -546,10 +643,68 @@ def _export_staged(model: nn.Module, out: Path, resolution: int, *, opset: int, 
     _onnx_export(decoder, tuple(inputs.values()), paths["decoder"], list(inputs),
                  ["masks", "iou_predictions", "low_res_masks"], dynamic, opset)
 
+    enc_shapes = {"image_embeddings": tuple(emb.shape)}
+    if m.is_hq:
+        enc_shapes["interm_embeddings"] = tuple(enc_out[1].shape)
+    n_masks = 1 if (m.is_hq or return_single_mask) else m.mask_decoder.num_mask_tokens
+    dec_shapes = {"masks": (1, n_masks, "orig_height", "orig_width"), "iou_predictions": (1, n_masks),
+                  "low_res_masks": (1, n_masks, 4 * grid[0], 4 * grid[1])}
+    return _write_metadata(model, m, out, paths, resolution, side, grid, opset, enc_shapes, dec_shapes, quantize,
+                           return_single_mask=return_single_mask, hq_token_only=hq_token_only,
+                           multimask_output=multimask_output, extra={"family": "sam"})
+
+
+def _export_sam2_graphs(m: nn.Module, out: Path, resolution: int, opset: int, return_single_mask: bool):
+    """Trace SAM 2's encoder and decoder (module docstring) into ``out``; returns the paths, the
+    embedding grid, the outputs' shapes and the SAM 2 entries of the metadata."""
+    encoder = Sam2EncoderForExport(m, resolution).eval()
+    g = torch.Generator().manual_seed(0)  # tracing inputs; the caller's RNG state stays untouched
+    dummy = torch.rand(1, 3, resolution, resolution, generator=g) * 255
+    with torch.no_grad():
+        emb, hr0, hr1 = encoder(dummy)
+    grid = tuple(emb.shape[-2:])
+    paths = {"encoder": out / ENCODER_FILE, "decoder": out / DECODER_FILE, "metadata": out / METADATA_FILE}
+    enc_names = ["image_embeddings", "high_res_feats_0", "high_res_feats_1"]
+    _onnx_export(encoder, (dummy,), paths["encoder"], ["image"], enc_names, None, opset)
+
+    decoder = Sam2DecoderForExport(m, resolution, grid, return_single_mask=return_single_mask).eval()
+    n_points = 5
+    inputs = {
+        "image_embeddings": torch.randn(emb.shape, generator=g),
+        "high_res_feats_0": torch.randn(hr0.shape, generator=g),
+        "high_res_feats_1": torch.randn(hr1.shape, generator=g),
+        "point_coords": torch.randint(0, resolution, (1, n_points, 2), generator=g).float(),
+        "point_labels": torch.randint(-1, 4, (1, n_points), generator=g).float(),
+        "mask_input": torch.randn(1, 1, 4 * grid[0], 4 * grid[1], generator=g),
+        "has_mask_input": torch.tensor([1.0]),
+        "orig_im_size": torch.tensor([1500.0, 2250.0]),
+    }
+    dynamic = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"},
+               "masks": {2: "orig_height", 3: "orig_width"}}
+    _onnx_export(decoder, tuple(inputs.values()), paths["decoder"], list(inputs),
+                 ["masks", "iou_predictions", "low_res_masks", "object_score_logits"], dynamic, opset)
+    enc_shapes = dict(zip(enc_names, (tuple(emb.shape), tuple(hr0.shape), tuple(hr1.shape))))
+    n_masks = 1 if return_single_mask else m.mask_decoder.num_mask_tokens
+    dec_shapes = {"masks": (1, n_masks, "orig_height", "orig_width"), "iou_predictions": (1, n_masks),
+                  "low_res_masks": (1, n_masks, 4 * grid[0], 4 * grid[1]), "object_score_logits": (1, 1)}
+    dec = m.mask_decoder
+    extra = {"family": "sam2", "high_res_shapes": [list(hr0.shape), list(hr1.shape)],
+             # the single-mask rule of Sam2MaskDecoder in eval; OnnxPredictor applies it to a 4-mask decoder
+             "dynamic_multimask_via_stability": bool(dec.dynamic_multimask_via_stability),
+             "stability_delta": float(dec.stability_delta), "stability_thresh": float(dec.stability_thresh),
+             "low_res_clamp": 32.0}
+    return paths, grid, enc_shapes, dec_shapes, extra
+
+
+def _write_metadata(model: nn.Module, m: nn.Module, out: Path, paths: Dict[str, Path], resolution: int, side: int, grid,
+                    opset: int, enc_shapes: dict, dec_shapes: dict, quantize: bool, *, return_single_mask: bool,
+                    hq_token_only: bool, multimask_output: bool, extra: dict) -> Dict[str, Path]:
+    """Finalize both graphs (metadata props, output shapes), quantize, write ``basam_onnx.json``."""
     cfg = m.attention_config
     meta = {
         "format": "basam-onnx/1",
         "model": getattr(model, "name", "sam"),
+        **extra,
         "hq": bool(m.is_hq),
         "resolution": resolution,
         "padded_size": side,
@@ -568,12 +723,6 @@ def _export_staged(model: nn.Module, out: Path, resolution: int, *, opset: int, 
         "decoder": DECODER_FILE,
     }
     props = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items() if k not in ("encoder", "decoder")}
-    enc_shapes = {"image_embeddings": tuple(emb.shape)}
-    if m.is_hq:
-        enc_shapes["interm_embeddings"] = tuple(enc_out[1].shape)
-    n_masks = 1 if (m.is_hq or return_single_mask) else m.mask_decoder.num_mask_tokens
-    dec_shapes = {"masks": (1, n_masks, "orig_height", "orig_width"), "iou_predictions": (1, n_masks),
-                  "low_res_masks": (1, n_masks, 4 * grid[0], 4 * grid[1])}
     _finalize(paths["encoder"], props, enc_shapes)
     _finalize(paths["decoder"], props, dec_shapes)
     if quantize:
