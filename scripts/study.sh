@@ -1,32 +1,78 @@
 #!/usr/bin/env bash
-# The paper's claim in miniature (issue 4): basam_tiny, trained at 256 px, evaluated zero-shot at
-# 256/512/1024 under vanilla, nsf and basam with each distance; then its BM-AM slopes fine-tuned at
-# 256 px and evaluated again. Writes to $OUT (default runs/study); docs/results/ holds a copy.
-#   N=50 bash scripts/study.sh          # N images per dataset
+# The BA-SAM study in miniature (issue 12): does a model run at a longer token sequence than it was
+# trained at degrade, and do NSF / BM-AM help?
+#
+#   bash scripts/study.sh                 # the whole study (hours on 2 CPU cores; a GPU: --device)
+#   MODE=quick bash scripts/study.sh      # the same code on a handful of images and steps (CI)
+#
+# 1. The study model: basam_tiny_v2's recipe trained at ONE resolution (256 px) with no scale
+#    augmentation (--crop-scale 1.0,1.0: RandomResizedCrop keeps the whole image), so that test
+#    sizes above 256 px are a longer token sequence and not also a FixRes object-size shift.
+#    STUDY_CKPT=PATH skips the training and uses those weights instead.
+# 2. Zero-shot at 1x, 2x, 3x, 4x the training grid (256/512/768/1024 px) on every DUTS-TE image and
+#    the held-out part of Kvasir-SEG (:split=test, never trained on), one interior point (the pixel
+#    farthest from the mask boundary): vanilla, nsf, basam with each distance; then the variants
+#    beta 0.1 / 0.3 / 1, NSF counting rule row / image, NSF on the decoder on / off.
+# 3. Fine-tuned as the paper does: at the larger resolution (512 px, 2x), the slopes alone and the
+#    slopes with the decoder; evaluated as in 2.
+# Every evaluate folder holds summary.md / summary.json with the paired differences (each preset
+# minus vanilla, each size minus 256 px) and their 95 % bootstrap intervals over images, and a plot
+# per dataset with those intervals (plot_<dataset>_paired.png).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${N:-50}
-OUT=${OUT:-runs/study}
-STEPS=${STEPS:-150}
-DATA="--data ../shared/data/duts-te --data ../shared/data/kvasir-seg"
-B=.venv/bin/basam
-WEIGHTS=src/basam/weights/basam_tiny.safetensors
+MODE=${MODE:-full}
+OUT=${OUT:-runs/study_v2}
+DEVICE=${DEVICE:-cpu}
+B=${BASAM:-.venv/bin/basam}
+SHARED=${SHARED:-../shared/data}
+EVAL_DATA="--data $SHARED/duts-te --data $SHARED/kvasir-seg:split=test"
+if [ "$MODE" = quick ]; then  # DUTS-TE only, two images, two steps: minutes, for CI
+  RES="256 512"; LIMIT="--max-images 2"; STEPS=2; FT_STEPS=2; BATCH=2; VAL="--eval-every 0 --val-max-images 2"
+  EVAL_DATA="--data $SHARED/duts-te"
+elif [ "$MODE" = full ]; then
+  RES="256 512 768 1024"; LIMIT=""; STEPS=12000; FT_STEPS=600; BATCH=16; VAL=""
+else
+  echo "study.sh: MODE must be quick or full, got '$MODE'" >&2; exit 2
+fi
 mkdir -p "$OUT"
+Q=-q
+last_checkpoint() {  # the weights of a training run's newest checkpoint
+  echo "$1/checkpoints/$(tr -d '[:space:]' < "$1/checkpoints/latest")/model.safetensors"
+}
 
-# 1. Zero-shot (Tables 1 and 4, zero-shot rows).
-/usr/bin/time -f "zero-shot evaluation: %e s" $B evaluate $DATA --model basam_tiny --resolutions 256 512 1024 \
-  --attention vanilla nsf basam:manhattan basam:euclidean basam:flat --prompt point --max-images "$N" --device cpu \
-  --out "$OUT/zero_shot" -q > "$OUT/zero_shot.log"
+# 1. The study model (resumable: rerun the script after an interruption).
+if [ -n "${STUDY_CKPT:-}" ]; then
+  CKPT=$STUDY_CKPT
+else
+  $B train --recipe basam_tiny_v2 --crop-scale 1.0,1.0 --steps "$STEPS" --batch-size "$BATCH" $VAL \
+    --cache-dir "$OUT/cache" --device "$DEVICE" --out "$OUT/study_model" --resume $Q
+  CKPT=$(last_checkpoint "$OUT/study_model")
+fi
+[ -f "$CKPT" ] || { echo "study.sh: no study model at $CKPT" >&2; exit 1; }
 
-# 2. Fine-tune only the slopes (per layer, per head), beta 0.1 to start, at the training resolution.
-/usr/bin/time -f "slope fine-tuning: %e s" $B train --model basam_tiny --checkpoint "$WEIGHTS" --attention basam --beta 0.1 \
-  --train slopes --data ../shared/data/duts-tr --resolution 256 --prompt point --steps "$STEPS" --batch-size 16 \
-  --lr 5e-3 --min-lr 1e-4 --warmup 10 --weight-decay 0 --eval-every 100000 --save-every "$STEPS" --log-every 10 \
-  --num-workers 1 --device cpu --out "$OUT/slopes" -q > "$OUT/slopes.log"
+ARCH='{"embed_dim": 160, "num_heads": 5}'  # basam_tiny_v2's (the recipe's) architecture
 
-# 3. The fine-tuned slopes, evaluated as in 1 (Table 4, fine-tuned rows). vanilla and nsf do not use
-#    the slopes, so their fine-tuned rows equal the zero-shot ones; only basam is evaluated again.
-/usr/bin/time -f "fine-tuned evaluation: %e s" $B evaluate $DATA --model basam_tiny \
-  --checkpoint "$OUT/slopes/checkpoints/step_$STEPS/model.safetensors" --resolutions 256 512 1024 \
-  --attention basam --prompt point --max-images "$N" --device cpu --out "$OUT/fine_tuned" -q > "$OUT/fine_tuned.log"
-echo "done: $OUT/zero_shot/summary.md, $OUT/fine_tuned/summary.md"
+evaluate() {  # evaluate NAME CHECKPOINT [extra evaluate flags...]
+  local name=$1 ckpt=$2; shift 2
+  $B evaluate $EVAL_DATA --model basam_tiny --checkpoint "$ckpt" --resolutions $RES --prompt center $LIMIT \
+    --device "$DEVICE" --out "$OUT/$name" $Q "$@"
+}
+
+# 2. Zero-shot: the presets, then one knob at a time (vanilla first in each: the paired reference).
+evaluate zero_shot "$CKPT" --attention vanilla nsf basam:manhattan basam:euclidean basam:flat --beta 1.0
+for beta in 0.1 0.3; do
+  evaluate "zero_shot_beta_$beta" "$CKPT" --attention vanilla basam --beta "$beta"
+done
+evaluate zero_shot_nsf_image "$CKPT" --attention vanilla nsf basam --beta 1.0 --nsf-count image
+evaluate zero_shot_decoder_nsf "$CKPT" --attention vanilla nsf basam --beta 1.0 --decoder-nsf
+
+# 3. Fine-tuned at 2x the training grid: the slopes, then the slopes with the decoder.
+for policy in slopes decoder+slopes; do
+  tag=${policy//+/_}
+  $B train --model basam_tiny --architecture "$ARCH" --checkpoint "$CKPT" --attention basam --beta 0.1 --train "$policy" \
+    --data "$SHARED/duts-tr" --data "$SHARED/kvasir-seg:split=train" --resolution 512 --crop-scale 1.0,1.0 \
+    --prompt mixed --steps "$FT_STEPS" --batch-size "$BATCH" --lr 2e-3 --warmup 1 --weight-decay 0 $VAL \
+    --cache-dir "$OUT/cache" --device "$DEVICE" --out "$OUT/ft_$tag" --resume $Q
+  evaluate "fine_tuned_$tag" "$(last_checkpoint "$OUT/ft_$tag")" --attention vanilla basam
+done
+echo "study.sh ($MODE): results in $OUT/*/summary.md"

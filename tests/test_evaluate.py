@@ -303,3 +303,35 @@ def test_resume_accepts_the_same_folders_spelled_otherwise(skip_run, ckpt, tmp_p
     capsys.readouterr()
     assert main(_small_args(data, out, ckpt, "--seed", "1")) == 2  # another setting is still refused
     assert "other settings (seed)" in _one_error(capsys)
+
+
+def test_paired_differences_with_bootstrap_intervals(tmp_path, ckpt):
+    """Every preset against the first at each resolution, and every resolution against the first per
+    preset, paired over images: the mean is the mean of the per-image differences in per_image.csv,
+    the 95 % interval brackets it, and the table and the interval plot are written."""
+    import csv
+
+    from basam.evaluate import PAIRED_METRICS
+
+    data = _synthetic(tmp_path / "synth", n=5)
+    out = tmp_path / "out"
+    assert main(_args(data, out, ckpt)) == 0
+    paired = json.loads((out / "summary.json").read_text())["datasets"]["synth"]["paired"]
+    kinds = [(d["kind"], d["attention"], d["vs_attention"], d["resolution"], d["vs_resolution"]) for d in paired]
+    assert kinds == [("preset", "basam", "vanilla", 128, 128), ("preset", "basam", "vanilla", 192, 192),
+                     ("resolution", "vanilla", "vanilla", 192, 128), ("resolution", "basam", "basam", 192, 128)]
+    rows = list(csv.DictReader((out / "per_image.csv").open()))
+    value = {(r["image"], int(r["resolution"]), r["attention"]): r for r in rows}
+    images = sorted({r["image"] for r in rows})
+    for d in paired:
+        assert d["n_images"] == 5
+        for m in PAIRED_METRICS:
+            diffs = [float(value[(i, d["resolution"], d["attention"])][m]) - float(value[(i, d["vs_resolution"], d["vs_attention"])][m])
+                     for i in images]
+            b = d[m]
+            assert b["mean"] == pytest.approx(np.mean(diffs), abs=1e-9)
+            assert b["low"] <= b["mean"] <= b["high"] and b["ci"] == 0.95
+            assert b["low"] >= min(diffs) - 1e-12 and b["high"] <= max(diffs) + 1e-12
+    md = (out / "summary.md").read_text()
+    assert "95 % bootstrap interval" in md and "basam − vanilla at 192" in md
+    assert Image.open(out / "plot_synth_paired.png").size[0] > 400

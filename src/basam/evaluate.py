@@ -42,6 +42,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+import numpy as np
+
 from .distributed import Dist, init_distributed
 from .errors import BasamError, CheckpointError, InputError
 from .metrics import evaluate_image
@@ -386,8 +388,56 @@ def summarize_records(records: Iterable[dict], settings: EvalSettings, dataset_n
                 row = next(x for x in rows if x["attention"] == p and x["resolution"] == r)
                 delta.append({"attention": p, "resolution": r, "vs": r0, **{m: row[m] - base[m] for m in METRIC_COLUMNS}})
         pairs = sorted(skipped.get(name, {}).items())
-        result[name] = {"rows": rows, "delta": delta, "skipped": len(pairs), "skipped_pairs": [list(x) for x in pairs]}
+        result[name] = {"rows": rows, "delta": delta, "paired": paired_differences(groups, name, settings),
+                        "skipped": len(pairs), "skipped_pairs": [list(x) for x in pairs]}
     return result
+
+
+#: per-image metrics whose dataset value is the mean over images, so that a paired bootstrap over
+#: images gives the interval of the difference of the reported values
+PAIRED_METRICS = ("iou", "mae", "s_measure", "boundary_iou")
+#: resamples per interval (fixed seed 0: the same records always give the same intervals)
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def paired_differences(groups: Dict[tuple, list], name: str, settings: EvalSettings) -> List[dict]:
+    """Paired differences with 95 % bootstrap intervals over the images both settings scored.
+
+    Two kinds: ``preset`` (each attention preset minus the first one, at the same resolution) and
+    ``resolution`` (each resolution minus the first, for the same preset). Per metric of
+    :data:`PAIRED_METRICS`: ``{mean, low, high, ci, n, n_images}`` of :func:`basam.stats.paired_bootstrap`
+    (images where either value is not finite are left out of that metric).
+    """
+    from .stats import paired_bootstrap
+
+    def by_image(p: str, r: int) -> Dict[str, dict]:
+        return {rec["image"]: rec for rec in groups.get((name, p, r), [])}
+
+    def compare(a: Dict[str, dict], b: Dict[str, dict], **what) -> Optional[dict]:
+        common = sorted(set(a) & set(b))
+        entry = {**what, "n_images": len(common)}
+        for m in PAIRED_METRICS:
+            va = np.array([float(a[i][m]) for i in common], dtype=np.float64)
+            vb = np.array([float(b[i][m]) for i in common], dtype=np.float64)
+            ok = np.isfinite(va) & np.isfinite(vb)
+            if ok.sum() < 2:
+                return None
+            entry[m] = paired_bootstrap(va[ok], vb[ok], n=BOOTSTRAP_RESAMPLES, seed=0).as_dict()
+        return entry
+
+    out: List[dict] = []
+    ref, r0 = settings.attention[0], settings.resolutions[0]
+    for r in settings.resolutions:
+        for p in settings.attention[1:]:
+            e = compare(by_image(p, r), by_image(ref, r), kind="preset", attention=p, vs_attention=ref, resolution=r, vs_resolution=r)
+            if e is not None:
+                out.append(e)
+    for p in settings.attention:
+        for r in settings.resolutions[1:]:
+            e = compare(by_image(p, r), by_image(p, r0), kind="resolution", attention=p, vs_attention=p, resolution=r, vs_resolution=r0)
+            if e is not None:
+                out.append(e)
+    return out
 
 
 def _one_line_text(text: str) -> str:
@@ -414,6 +464,19 @@ def _markdown(summary: dict, settings: EvalSettings) -> str:
                       "| attention | resolution | " + " | ".join(METRIC_COLUMNS) + " |", "|---|---|" + "---|" * len(METRIC_COLUMNS)]
             for d in s["delta"]:
                 lines.append(f"| {d['attention']} | {d['resolution']} vs {d['vs']} | " + " | ".join(f"{d[m]:+.4f}" for m in METRIC_COLUMNS) + " |")
+        if s.get("paired"):
+            lines += ["", "Paired differences over the same images and prompts: mean [95 % bootstrap interval] "
+                          f"({BOOTSTRAP_RESAMPLES} resamples of the images); ** marks an interval that excludes 0:", "",
+                      "| difference | images | " + " | ".join(PAIRED_METRICS) + " |", "|---|---|" + "---|" * len(PAIRED_METRICS)]
+            for d in s["paired"]:
+                what = (f"{d['attention']} − {d['vs_attention']} at {d['resolution']}" if d["kind"] == "preset"
+                        else f"{d['attention']}: {d['resolution']} − {d['vs_resolution']}")
+                cells = []
+                for m in PAIRED_METRICS:
+                    b = d[m]
+                    star = "**" if b["low"] > 0 or b["high"] < 0 else ""
+                    cells.append(f"{star}{b['mean']:+.4f} [{b['low']:+.4f}, {b['high']:+.4f}]{star}")
+                lines.append(f"| {what} | {d['n_images']} | " + " | ".join(cells) + " |")
         if s.get("skipped_pairs"):
             lines += ["", f"{s['skipped']} pair(s) skipped:", ""]
             lines += [f"- `{file}`: {_one_line_text(reason)}" for file, reason in s["skipped_pairs"]]
@@ -460,6 +523,43 @@ def _plot(summary_ds: dict, settings: EvalSettings, title: str) -> bytes:
     return buf.getvalue()
 
 
+def _plot_paired(summary_ds: dict, settings: EvalSettings, title: str) -> Optional[bytes]:
+    """The PNG of each preset's difference from the first preset against resolution, with its 95 %
+    paired bootstrap interval as error bars (None when there is a single preset)."""
+    entries = [d for d in summary_ds.get("paired", []) if d["kind"] == "preset"]
+    if not entries:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(PAIRED_METRICS), figsize=(3.6 * len(PAIRED_METRICS), 3.0), squeeze=False)
+    presets = [p for p in settings.attention[1:] if any(d["attention"] == p for d in entries)]
+    width = 0.6 / max(1, len(presets))
+    for ax, metric in zip(axes[0], PAIRED_METRICS):
+        for k, p in enumerate(presets):
+            es = [d for d in entries if d["attention"] == p]
+            x = np.array([settings.resolutions.index(d["resolution"]) for d in es], dtype=float) + (k - (len(presets) - 1) / 2) * width
+            mean = np.array([d[metric]["mean"] for d in es])
+            err = np.array([[d[metric]["mean"] - d[metric]["low"] for d in es], [d[metric]["high"] - d[metric]["mean"] for d in es]])
+            ax.errorbar(x, mean, yerr=err, fmt="o", capsize=3, label=p, markersize=4)
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(settings.resolutions)))
+        ax.set_xticklabels([str(r) for r in settings.resolutions], fontsize=7)
+        ax.set_title(f"{metric} − {settings.attention[0]}" + (" (lower better)" if metric == "mae" else ""), fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(title + ": paired differences, 95 % bootstrap intervals over images", fontsize=10)
+    fig.supxlabel("resolution (longest side, px)", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def write_reports(out: Path, settings: EvalSettings, datasets) -> dict:
     """Regenerate per_image.csv, summary.{md,csv,json} and the plots from every record in ``out``.
 
@@ -486,6 +586,9 @@ def write_reports(out: Path, settings: EvalSettings, datasets) -> dict:
     for name, s in summary.items():
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         files[f"plot_{safe}.png"] = _plot(s, settings, f"{settings.model} on {name} ({settings.prompt} prompt)")
+        paired_png = _plot_paired(s, settings, f"{settings.model} on {name}")
+        if paired_png is not None:
+            files[f"plot_{safe}_paired.png"] = paired_png
     atomic_write_all([(out / name, (lambda data: lambda f: f.write(data))(data)) for name, data in files.items()])
     return summary
 

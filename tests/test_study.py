@@ -1,0 +1,51 @@
+"""scripts/study.sh in its quick mode: the study's whole pipeline (study model, zero-shot variants,
+fine-tuning at 2x the training grid, paired bootstrap reports) on two images per dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+EVALS = ("zero_shot", "zero_shot_beta_0.1", "zero_shot_beta_0.3", "zero_shot_nsf_image", "zero_shot_decoder_nsf",
+         "fine_tuned_slopes", "fine_tuned_decoder_slopes")
+
+
+@pytest.mark.skipif(not all((SHARED / d).is_dir() for d in ("duts-tr", "duts-te", "kvasir-seg")),
+                    reason="needs ../shared/data (duts-tr, duts-te, kvasir-seg)")
+def test_study_quick_mode_end_to_end(tmp_path):
+    from basam.checkpoint import read_state_dict
+
+    env = {**os.environ, "MODE": "quick", "OUT": str(tmp_path / "study"), "SHARED": str(SHARED),
+           "BASAM": f"{sys.executable} -m basam", "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "study.sh")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout[-1500:], proc.stderr[-1500:])
+    out = tmp_path / "study"
+    for name in EVALS:
+        summary = json.loads((out / name / "summary.json").read_text())
+        assert set(summary["datasets"]) == {"duts-te"}, name  # quick mode: DUTS-TE only
+        for ds in summary["datasets"].values():
+            assert {r["resolution"] for r in ds["rows"]} == {256, 512} and all(r["n"] == 2 for r in ds["rows"])
+            assert ds["paired"] and all(d["iou"]["low"] <= d["iou"]["mean"] <= d["iou"]["high"] for d in ds["paired"])
+        assert (out / name / "plot_duts-te_paired.png").is_file()
+    # the knobs reached the model: beta 0.1 gives other basam numbers than beta 1
+    rows = {n: json.loads((out / n / "summary.json").read_text())["datasets"]["duts-te"]["rows"] for n in ("zero_shot", "zero_shot_beta_0.1")}
+    def pick(run, preset):
+        return next(r["mae"] for r in rows[run] if r["attention"] == preset and r["resolution"] == 512)
+
+    assert pick("zero_shot", "basam:manhattan") != pick("zero_shot_beta_0.1", "basam")  # basam's default distance
+    # fine-tuning the slopes at 512 px moved the slopes and nothing else
+    def latest(run):
+        d = out / run / "checkpoints"
+        return d / (d / "latest").read_text().strip() / "model.safetensors"
+
+    base, ft = read_state_dict(latest("study_model")), read_state_dict(latest("ft_slopes"))
+    changed = {k for k in ft if not torch.equal(ft[k], base[k])}
+    assert changed and all(k.endswith(".bam.slopes") for k in changed)
