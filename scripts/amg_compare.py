@@ -344,11 +344,22 @@ def run(args) -> None:
         print("$", " ".join(cmd), flush=True)
         t = time.time()
         try:
-            rc = subprocess.run(cmd, timeout=args.timeout).returncode
+            proc = subprocess.run(cmd, timeout=args.timeout, stderr=subprocess.PIPE, text=True)
         except subprocess.TimeoutExpired:
             print(f"{method}: did not finish within {args.timeout} s", flush=True)
             continue
-        print(f"{method}: exit {rc} after {time.time() - t:.0f} s", flush=True)
+        sys.stderr.write(proc.stderr)
+        print(f"{method}: exit {proc.returncode} after {time.time() - t:.0f} s", flush=True)
+        if proc.returncode != 0:  # a crash is a result too (the official crop pyramid crashes on some images)
+            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+            error = lines[-1][:300] if lines else ""
+            if proc.returncode == -9:  # SIGKILL: on Linux, almost always the kernel's out-of-memory killer
+                error = "killed by SIGKILL (the kernel's out-of-memory killer, if dmesg says so)"
+            failed = {"dataset": args.dataset, "method": method, "points_per_side": args.points, "status": "crashed",
+                      "exit": proc.returncode, "error": error}
+            from basam.io import atomic_write
+
+            atomic_write(path, lambda f: f.write(json.dumps(failed, indent=1).encode()))
 
 
 def _summary(d: dict) -> dict:
@@ -374,17 +385,25 @@ def report(args) -> None:
         if f.name.endswith("_instances.json"):
             continue
         d = json.loads(f.read_text())
+        if d.get("status") == "crashed":
+            rows.setdefault((d["dataset"], d["points_per_side"]), []).append((d["method"], {"crashed": d["error"]}))
+            continue
         rows.setdefault((d["dataset"], d["points_per_side"]), []).append((d["method"], _summary(d)))
     order = {m: i for i, m in enumerate(METHODS)}
     lines = []
     for (dataset, points), rs in sorted(rows.items()):
         rs.sort(key=lambda r: order.get(r[0], 99))
-        s0 = rs[0][1]
+        s0 = next((s for _, s in rs if "crashed" not in s), None)
+        if s0 is None:
+            continue
         lines.append(f"**{dataset}**, {points}x{points} points, {s0['images']} image(s), {s0['instances']} instances")
         lines.append("")
         lines.append("| method | masks / image | recall @0.5 | recall @0.75 | mean best IoU | s / image | peak RSS GiB (after model load) |")
         lines.append("|---|---|---|---|---|---|---|")
         for m, s in rs:
+            if "crashed" in s:
+                lines.append(f"| {m} | crashed: `{s['crashed'][:120]}` | | | | | |")
+                continue
             mem = f"{s['rss']:.2f} ({s['rss_model']:.2f})" + (f", CUDA {s['cuda']:.2f}" if s["cuda"] is not None else "")
             lines.append(f"| {m} | {s['masks']:.1f} | {s['r50']:.3f} | {s['r75']:.3f} | {s['miou']:.3f} | {s['time']:.1f} | {mem} |")
         lines.append("")
@@ -406,7 +425,7 @@ def plot(rows, path: Path) -> None:
     fig, axes = plt.subplots(len(keys), 3, figsize=(15, 3.6 * len(keys)), squeeze=False)
     order = {m: i for i, m in enumerate(METHODS)}
     for row, key in enumerate(keys):
-        rs = sorted(rows[key], key=lambda r: order.get(r[0], 99))
+        rs = sorted((r for r in rows[key] if "crashed" not in r[1]), key=lambda r: order.get(r[0], 99))
         names = [m for m, _ in rs]
         x = np.arange(len(names))
         colours = ["#888888" if m.startswith("official") else "#1f77b4" for m in names]
