@@ -493,6 +493,19 @@ def _csv_text(rows: List[dict], columns: Sequence[str]) -> str:
     return buf.getvalue()
 
 
+def _png_bytes(fig, title: str) -> bytes:
+    """Title the report figure ``fig`` (x axis: resolution), render it as PNG and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=10)
+    fig.supxlabel("resolution (longest side, px)", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def _plot(summary_ds: dict, settings: EvalSettings, title: str) -> bytes:
     """The PNG of each metric against resolution, one line per preset."""
     import matplotlib
@@ -514,13 +527,7 @@ def _plot(summary_ds: dict, settings: EvalSettings, title: str) -> bytes:
     for ax in list(axes.flat)[len(METRIC_COLUMNS):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.supxlabel("resolution (longest side, px)", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return _png_bytes(fig, title)
 
 
 def _plot_paired(summary_ds: dict, settings: EvalSettings, title: str) -> Optional[bytes]:
@@ -551,13 +558,7 @@ def _plot_paired(summary_ds: dict, settings: EvalSettings, title: str) -> Option
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle(title + ": paired differences, 95 % bootstrap intervals over images", fontsize=10)
-    fig.supxlabel("resolution (longest side, px)", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return _png_bytes(fig, title + ": paired differences, 95 % bootstrap intervals over images")
 
 
 def write_reports(out: Path, settings: EvalSettings, datasets) -> dict:

@@ -199,24 +199,28 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + _SIDECAR_SUFFIX)
 
 
-def _known_sha256(path: Path, remember: bool = True) -> str:
-    """The file's SHA-256, from its sidecar when that still describes the file, else computed
-    (and then, with ``remember``, recorded in the sidecar)."""
-    st = path.stat()
+def _sidecar_record(path: Path) -> dict | None:
+    """The sidecar's record for ``path`` ({sha256, size, mtime_ns, file}), or None if absent or unreadable."""
     try:
         record = json.loads(_sidecar(path).read_text(encoding="utf-8"))
-        if (
-            isinstance(record, dict)
-            and record.get("size") == st.st_size
-            and record.get("mtime_ns") == st.st_mtime_ns
-            and isinstance(record.get("sha256"), str)
-        ):
-            return record["sha256"]
     except (OSError, ValueError):
-        pass
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("sha256"), str) else None
+
+
+def _describes(record: dict | None, st: os.stat_result) -> bool:
+    """Whether ``record`` was made for the file as it is now (same size and modification time)."""
+    return record is not None and record.get("size") == st.st_size and record.get("mtime_ns") == st.st_mtime_ns
+
+
+def _known_sha256(path: Path) -> str:
+    """The file's SHA-256, from its sidecar when that still describes the file, else computed
+    (and then recorded in the sidecar)."""
+    record = _sidecar_record(path)
+    if _describes(record, path.stat()):
+        return record["sha256"]
     digest = sha256_file(path)
-    if remember:
-        _write_sidecar(path, digest)
+    _write_sidecar(path, digest)
     return digest
 
 
@@ -239,16 +243,6 @@ def _write_sidecar(path: Path, digest: str) -> None:
         pass  # a read-only cache still works; it is just verified again next time
 
 
-def _recorded_sha256(path: Path) -> str | None:
-    """The SHA-256 the sidecar recorded for ``path`` (whatever the file's size and mtime now), or None."""
-    try:
-        record = json.loads(_sidecar(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    digest = record.get("sha256") if isinstance(record, dict) else None
-    return digest if isinstance(digest, str) else None
-
-
 def _cached_file_ok(path: Path, entry: CheckpointInfo) -> bool:
     try:
         size = path.stat().st_size
@@ -257,13 +251,15 @@ def _cached_file_ok(path: Path, entry: CheckpointInfo) -> bool:
         if entry.sha256 is None:
             # No published hash: trust on first use. The hash recorded when the file was downloaded
             # (or first found in the cache) is the reference, so a file that changed since is caught.
-            recorded = _recorded_sha256(path)
-            if recorded is None:  # first seen (placed by hand): its hash becomes the reference
+            record = _sidecar_record(path)
+            if record is None:  # first seen (placed by hand): its hash becomes the reference
                 _known_sha256(path)
                 return True
-            if _known_sha256(path, remember=False) != recorded:
+            if _describes(record, path.stat()):
+                return True
+            if sha256_file(path) != record["sha256"]:
                 return False  # the sidecar keeps the reference for the caller's second look
-            _write_sidecar(path, recorded)  # touched, not changed: remember its new mtime
+            _write_sidecar(path, record["sha256"])  # touched, not changed: remember its new mtime
             return True
         return _known_sha256(path) == entry.sha256
     except OSError:

@@ -181,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
     check_prompts([[x, y] for x, y, _ in points] or None, [label for _, _, label in points] or None, box, width, height)
 
     # 3. Model (reads and checks the checkpoint strictly), or the exported ONNX pair.
+    takes_hq_token = True  # basam.Predictor and OnnxPredictor take hq_token_only
     if args.runtime == "onnx":
         predictor = _onnx_predictor(args)
         meta = predictor.meta
@@ -203,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
             from ..sam2_predictor import Sam2Predictor
 
             predictor = Sam2Predictor(model, resolution=args.resolution)
+            takes_hq_token = False  # SAM2ImagePredictor's signature (--hq-token-only is refused for SAM 2)
         else:
             predictor = Predictor(model, resolution=args.resolution)
         print(
@@ -227,8 +229,7 @@ def run(args: argparse.Namespace) -> int:
     coords = np.array([[x, y] for x, y, _ in points], dtype=float) if points else None
     labels = np.array([label for _, _, label in points], dtype=np.int64) if points else None
     box_arr = np.array(box, dtype=float) if box is not None else None
-    # Sam2Predictor has SAM2ImagePredictor's signature (no HQ token; --hq-token-only is refused for SAM 2)
-    hq = {} if type(predictor).__name__ == "Sam2Predictor" else {"hq_token_only": True if args.hq_token_only else None}
+    hq = {"hq_token_only": True if args.hq_token_only else None} if takes_hq_token else {}
     masks, scores, _ = predictor.predict(point_coords=coords, point_labels=labels, box=box_arr,
                                          multimask_output=args.multimask, **hq)
     masks = np.asarray(masks) > 0  # Sam2Predictor returns 0/1 floats, as SAM2ImagePredictor does
