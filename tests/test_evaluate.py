@@ -335,3 +335,43 @@ def test_paired_differences_with_bootstrap_intervals(tmp_path, ckpt):
     md = (out / "summary.md").read_text()
     assert "95 % bootstrap interval" in md and "basam − vanilla at 192" in md
     assert Image.open(out / "plot_synth_paired.png").size[0] > 400
+
+
+def test_paired_differences_between_two_runs(tmp_path, ckpt):
+    """Two evaluate folders (here: the same model with another BA-SAM beta) compared image by image:
+    identical settings give exactly zero, the changed one gives the mean of its per-image differences;
+    folders prompted differently are refused."""
+    from basam.evaluate import PAIRED_METRICS, paired_between_runs
+
+    data = _synthetic(tmp_path / "synth", n=4)
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert main(_args(data, a, ckpt)) == 0
+    assert main(_args(data, b, ckpt, "--beta", "0.1")) == 0
+    diffs = paired_between_runs(b, a)
+    assert [(d["dataset"], d["attention"], d["resolution"]) for d in diffs] == [
+        ("synth", "basam", 128), ("synth", "basam", 192), ("synth", "vanilla", 128), ("synth", "vanilla", 192)]
+    recs_a, recs_b = ev.read_records(a), ev.read_records(b)
+    for d in diffs:
+        assert d["n_images"] == 4
+        for m in PAIRED_METRICS:
+            per = [recs_b[k][m] - recs_a[k][m] for k in recs_a if k[2] == d["resolution"] and k[3] == d["attention"]]
+            assert d[m]["mean"] == pytest.approx(np.mean(per), abs=1e-9) and d[m]["low"] <= d[m]["mean"] <= d[m]["high"]
+            if d["attention"] == "vanilla":  # beta does not touch vanilla attention
+                assert d[m]["mean"] == 0 and d[m]["low"] == d[m]["high"] == 0
+    assert any(d["iou"]["mean"] != 0 or d["mae"]["mean"] != 0 for d in diffs if d["attention"] == "basam")
+    assert main(_args(data, c, ckpt, "--seed", "1")) == 0  # another seed: other random points
+    with pytest.raises(ev.InputError, match="differently"):
+        paired_between_runs(c, a)
+    with pytest.raises(ev.InputError, match="no evaluate records"):
+        paired_between_runs(tmp_path / "synth", a)
+    # the study's table of them (scripts/compare_runs.py): one row per difference, the JSON beside it
+    md = tmp_path / "cmp" / "fusion.md"
+    md.parent.mkdir()
+    script = [sys.executable, str(ROOT / "scripts" / "compare_runs.py"), "--reference", str(a)]
+    proc = subprocess.run([*script, f"beta0.1={b}", "--out", str(md)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert md.read_text().count("| beta0.1 | synth |") == 4
+    assert json.loads(md.with_suffix(".json").read_text())["runs"]["beta0.1"]["differences"] == json.loads(json.dumps(diffs))
+    proc = subprocess.run([*script, f"seed1={c}", "--out", str(tmp_path / "cmp" / "bad.md")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "prompted differently (seed 1 vs 0)" in proc.stderr
+    assert sorted(p.name for p in md.parent.iterdir()) == ["fusion.json", "fusion.md"]  # nothing written for the refused one

@@ -19,6 +19,7 @@ from scipy import ndimage
 
 from basam.attention import AttentionConfig, alibi_slopes
 from basam.checkpoint import read_metadata, read_state_dict, save_model
+from basam.errors import CheckpointError
 from basam.cli import COMMANDS, main
 from basam.models.registry import create_model
 from basam.train import config as tc
@@ -163,6 +164,22 @@ def test_hq_policy_and_fusion_modes(tmp_path, data, fusion):
     assert all(np.isfinite(r["loss"]) for r in _log(tmp_path / "out") if "loss" in r)
     model = load_trained(ckpt)  # fusion, attention and architecture from the metadata
     assert model.mask_decoder.hq_fusion == fusion
+
+
+def test_hq_model_starts_from_a_plain_sam_file(tmp_path, data, capsys):
+    """HQ-SAM is trained on top of SAM: an HQ model fed a file without HQ modules keeps every SAM
+    weight of the file, starts its HQ modules from their initialisation and trains only them."""
+    plain = _initial_checkpoint(tmp_path, "sam_vit_b", VIT)
+    summary = run(_cfg(tmp_path / "out", data, model="sam_hq_vit_b", checkpoint=str(plain), train="hq", hq_fusion="product", steps=2))
+    assert "has no HQ-SAM modules" in capsys.readouterr().err
+    before, after = read_state_dict(plain), read_state_dict(Path(summary["checkpoint"]) / "model.safetensors")
+    hq_keys = {k for k in after if k.split(".")[1] in HQ_MODULES}
+    assert hq_keys and not hq_keys & before.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.endswith(".bam.slopes"))
+    assert all(torch.isfinite(after[k]).all() for k in hq_keys)
+    # without the HQ modules in its policy the run would keep them untrained: strict loading refuses
+    with pytest.raises(CheckpointError, match="25 missing .mask_decoder.compress_vit_feat"):
+        run(_cfg(tmp_path / "out2", data, model="sam_hq_vit_b", checkpoint=str(plain), train="slopes", attention="basam", steps=1))
 
 
 def test_policy_names_and_invalid_combinations(tmp_path, data, capsys):

@@ -15,7 +15,7 @@ import os
 import pickle
 import re
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 from safetensors import safe_open
@@ -141,16 +141,19 @@ def _short_list(keys: List[str], n: int = 4) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def load_weights(model: nn.Module, sd: Mapping[str, Tensor], source: str = "checkpoint", model_name: Optional[str] = None) -> None:
+def load_weights(model: nn.Module, sd: Mapping[str, Tensor], source: str = "checkpoint", model_name: Optional[str] = None,
+                 fresh: Tuple[str, ...] = ()) -> None:
     """Strictly load ``sd`` into ``model``: every key must match in name and shape.
 
     The only keys allowed to be absent are basam's own additions (BA-SAM slopes), which keep the
-    values the attention config gave them. On a mismatch raises :class:`CheckpointError` naming the
-    missing, unexpected and mis-shaped keys and, where it can tell, which model the file is for.
+    values the attention config gave them, and keys under the ``fresh`` prefixes (modules a run
+    trains from their initialisation, e.g. HQ-SAM's own modules on top of a plain SAM file), which
+    keep their initial values. On a mismatch raises :class:`CheckpointError` naming the missing,
+    unexpected and mis-shaped keys and, where it can tell, which model the file is for.
     """
     sd = adapt_state_dict(sd, _family_of_model(model))
     own = model.state_dict()
-    missing = [k for k in own if k not in sd and not k.endswith(_BASAM_ONLY_SUFFIXES)]
+    missing = [k for k in own if k not in sd and not k.endswith(_BASAM_ONLY_SUFFIXES) and not k.startswith(tuple(fresh))]
     unexpected = [k for k in sd if k not in own]
     mis_shaped = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape]
     if missing or unexpected or mis_shaped:

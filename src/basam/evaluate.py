@@ -440,6 +440,55 @@ def paired_differences(groups: Dict[tuple, list], name: str, settings: EvalSetti
     return out
 
 
+def paired_between_runs(run: Path, reference: Path) -> List[dict]:
+    """Paired differences between two ``basam evaluate`` folders (two models, e.g. HQ fusion modes
+    or a fine-tuned model against its start) on the images both scored with the same dataset,
+    preset and resolution: ``run`` minus ``reference``, per metric of :data:`PAIRED_METRICS`, with
+    the 95 % bootstrap interval of :func:`basam.stats.paired_bootstrap`. The prompts must be the
+    same: folders whose prompt rule, seed or multimask setting differ raise :class:`InputError`.
+
+    Returns one entry per (dataset, attention, resolution): ``{dataset, attention, resolution,
+    n_images, <metric>: {mean, low, high, ci, n}}``.
+    """
+    from .stats import paired_bootstrap
+
+    def grouped(folder: Path) -> Dict[tuple, Dict[str, dict]]:
+        recs = read_records(Path(folder))
+        if not recs:
+            raise InputError(f"{folder} holds no evaluate records (records.rank*.jsonl)")
+        out: Dict[tuple, Dict[str, dict]] = {}
+        for rec in recs.values():
+            if rec.get("skipped"):
+                continue
+            out.setdefault((rec["dataset"], rec["attention"], int(rec["resolution"])), {})[rec["image"]] = rec
+        return out
+
+    def prompting(folder: Path) -> dict:
+        try:
+            settings = json.loads((Path(folder) / "summary.json").read_text())["settings"]
+        except (OSError, ValueError, KeyError):
+            raise InputError(f"{folder} has no readable summary.json (run basam evaluate there to finish it)") from None
+        return {k: settings.get(k) for k in ("prompt", "seed", "multimask")}
+
+    a, b = grouped(run), grouped(reference)
+    pa, pb = prompting(run), prompting(reference)
+    if pa != pb:
+        bad = ", ".join(f"{k} {pa[k]!r} vs {pb[k]!r}" for k in pa if pa[k] != pb[k])
+        raise InputError(f"{run} and {reference} were prompted differently ({bad}); pairs need the same prompts")
+    result: List[dict] = []
+    for key in sorted(set(a) & set(b)):
+        common = sorted(set(a[key]) & set(b[key]))
+        entry = {"dataset": key[0], "attention": key[1], "resolution": key[2], "n_images": len(common)}
+        for m in PAIRED_METRICS:
+            va = np.array([float(a[key][i][m]) for i in common], dtype=np.float64)
+            vb = np.array([float(b[key][i][m]) for i in common], dtype=np.float64)
+            ok = np.isfinite(va) & np.isfinite(vb)
+            if ok.sum() >= 2:
+                entry[m] = paired_bootstrap(va[ok], vb[ok], n=BOOTSTRAP_RESAMPLES, seed=0).as_dict()
+        result.append(entry)
+    return result
+
+
 def _one_line_text(text: str) -> str:
     return " ".join(str(text).split())
 

@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import fields
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -102,7 +102,7 @@ def load_model(
 
 
 def load_weights_into(model: Sam, source: "PathLike | Mapping[str, Tensor]", *, model_name: Optional[str] = None,
-                      meta: Optional[dict] = None, label: Optional[str] = None) -> dict:
+                      meta: Optional[dict] = None, label: Optional[str] = None, fresh: Tuple[str, ...] = ()) -> dict:
     """Put weights into a built model: the one rule every loader follows.
 
     Reads ``source`` (a path: official ``.pth`` via ``torch.load(weights_only=True)`` or a basam
@@ -113,8 +113,9 @@ def load_weights_into(model: Sam, source: "PathLike | Mapping[str, Tensor]", *, 
 
     The recorded attention config, architecture and HQ fusion a basam file carries are in the
     returned metadata (``recorded_attention(meta)``); :func:`load_model` reads them *before* building
-    the model, since they decide its shape and attention. Returns the file's metadata ({} for a
-    state dict or an official file).
+    the model, since they decide its shape and attention. ``fresh``: key prefixes the file may lack
+    (they keep their initialisation; see :func:`~basam.checkpoint.load_weights`). Returns the file's
+    metadata ({} for a state dict or an official file).
     """
     if isinstance(source, Mapping):
         sd, meta, where = source, (meta or {}), label or "state dict"
@@ -123,7 +124,7 @@ def load_weights_into(model: Sam, source: "PathLike | Mapping[str, Tensor]", *, 
         where = label or f"checkpoint {path}"
         meta = read_metadata(path) if meta is None else meta
         sd = read_state_dict(path)
-    load_weights(model, sd, source=where, model_name=model_name)
+    load_weights(model, sd, source=where, model_name=model_name, fresh=fresh)
     # Which decoder outputs the weights were trained for ("all", or "multimask" for a model trained
     # with one-point prompts only, whose single-mask token is untrained): the predictor follows it.
     model.trained_outputs = meta.get("trained_outputs", "all")

@@ -407,6 +407,28 @@ def _build_model(cfg: TrainConfig):
     return build_sam(spec, attention, hq_fusion=cfg.hq_fusion or "add")
 
 
+def _load_initial(model, path, cfg: TrainConfig, main: bool = True) -> None:
+    """Load ``--checkpoint`` into the freshly built model. An HQ model whose HQ modules this run
+    trains may start from a plain SAM file (as HQ-SAM itself is trained): when the file has none of
+    HQ-SAM's own modules they keep their initialisation; every other key must match strictly."""
+    from ..checkpoint import read_metadata, read_state_dict
+    from ..load import load_weights_into
+    from .freeze import HQ_MODULES, policy_parts
+
+    fresh: Tuple[str, ...] = ()
+    if getattr(model, "is_hq", False) and policy_parts(cfg.train) & {"hq", "decoder", "full"}:
+        sd = read_state_dict(path)
+        prefixes = tuple(f"mask_decoder.{m}." for m in HQ_MODULES)
+        if not any(k.startswith(prefixes) for k in sd):
+            fresh = prefixes
+            if main:
+                print(f"note: {path} has no HQ-SAM modules ({', '.join(HQ_MODULES)}); they start from their "
+                      "initialisation and are trained", file=sys.stderr)
+        load_weights_into(model, sd, model_name=cfg.model, meta=read_metadata(path), label=f"checkpoint {path}", fresh=fresh)
+        return
+    load_weights_into(model, path, model_name=cfg.model)
+
+
 def _probe_unused(module: TrainModule, device: torch.device, prompt_kind: str, trainable: List[nn.Parameter]) -> bool:
     """Whether some trainable parameter gets no gradient for some prompt kind (DDP then needs
     ``find_unused_parameters``). One batch of one synthetic image per kind, in eval mode (no
@@ -516,7 +538,7 @@ class _Training:
 
     def __init__(self, cfg: TrainConfig, dist: Dist) -> None:
         from ..io import atomic_write, check_writable_dir
-        from ..load import load_weights_into, resolve_checkpoint
+        from ..load import resolve_checkpoint
         from . import checkpointing as ck
         from .data import BatchPositions, TrainSet, collate, open_weighted
         from .freeze import apply_policy, set_train_mode
@@ -560,7 +582,7 @@ class _Training:
             load_weights(model, read_state_dict(latest / "model.safetensors"), source=f"checkpoint {latest}", model_name=cfg.model)
         elif cfg.checkpoint is not None:
             # initial weights: the one loading rule (untrained slopes start from --beta)
-            load_weights_into(model, resolve_checkpoint(cfg.model, cfg.checkpoint), model_name=cfg.model)
+            _load_initial(model, resolve_checkpoint(cfg.model, cfg.checkpoint), cfg, main=dist.main)
         self.trainable_names = apply_policy(model, cfg.train)
         model.trained_outputs = _trained_outputs(
             _starting_outputs(state is not None, latest, cfg.checkpoint is not None, model), cfg.prompt,
