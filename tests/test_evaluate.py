@@ -375,3 +375,35 @@ def test_paired_differences_between_two_runs(tmp_path, ckpt):
     proc = subprocess.run([*script, f"seed1={c}", "--out", str(tmp_path / "cmp" / "bad.md")], capture_output=True, text=True)
     assert proc.returncode == 2 and "prompted differently (seed 1 vs 0)" in proc.stderr
     assert sorted(p.name for p in md.parent.iterdir()) == ["fusion.json", "fusion.md"]  # nothing written for the refused one
+
+
+def test_oracle_multimask_keeps_the_candidate_closest_to_the_truth(tmp_path, ckpt):
+    """--multimask oracle scores the best of the three candidates against the ground truth: per
+    image at least the IoU of the candidate the model's own score picks (--multimask on), and equal
+    to the best candidate's IoU computed here from the predictor."""
+    import basam
+    from basam.data.datasets import open_data_spec
+    from basam.data.prompts import make_prompt
+    from basam.metrics import image_metrics
+
+    data = _synthetic(tmp_path / "synth", n=4)
+    runs = {}
+    for mode in ("on", "oracle"):
+        argv = _args(data, tmp_path / mode, ckpt, "--multimask", mode)
+        argv[argv.index("--attention") + 1 : argv.index("--attention") + 3] = ["vanilla"]
+        argv[argv.index("--resolutions") + 1 : argv.index("--resolutions") + 3] = ["128"]
+        assert main(argv) == 0
+        runs[mode] = {k[1]: r for k, r in ev.read_records(tmp_path / mode).items()}
+        assert json.loads((tmp_path / mode / "summary.json").read_text())["settings"]["multimask"] == mode
+    assert all(runs["oracle"][i]["iou"] >= runs["on"][i]["iou"] - 1e-12 for i in runs["on"])
+    model = basam.load_model("mobile_sam", checkpoint=ckpt, architecture=ARCH, attention="vanilla")
+    predictor = basam.Predictor(model, resolution=128)
+    (ds,) = open_data_spec(str(data))
+    for k in range(len(ds)):
+        image, gt = ds.load(k)
+        prompt = make_prompt(gt, "point", seed=0, key=f"{ds.name}/{ds[k].name}")
+        predictor.set_image(image)
+        logits, _, _ = predictor.predict(point_coords=prompt.point_coords, point_labels=prompt.point_labels,
+                                         multimask_output=True, return_logits=True)
+        best = max(image_metrics(lg >= 0, gt)["iou"] for lg in logits)
+        assert runs["oracle"][ds[k].name]["iou"] == pytest.approx(best, abs=1e-12)

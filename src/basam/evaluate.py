@@ -212,7 +212,9 @@ def canonical_key(key: dict) -> dict:
 # The evaluation loop
 
 
-def _pick_multimask(setting: str, prompt_kind: str) -> bool:
+def _pick_multimask(setting: str, prompt_kind: str) -> "bool | str":
+    if setting == "oracle":
+        return "oracle"
     if setting == "on":
         return True
     if setting == "off":

@@ -311,12 +311,22 @@ def summarize(records: Sequence[dict]) -> dict:
     return {"n": out["n"], **{name: out[name] for name in METRICS}}
 
 
-def evaluate_image(predictor, image, gt, prompt, multimask: bool, hq_token_only) -> "tuple[dict, float]":
-    """Encode ``image`` at the predictor's resolution, predict, score. Returns (metrics, best IoU pred)."""
+def evaluate_image(predictor, image, gt, prompt, multimask: "bool | str", hq_token_only) -> "tuple[dict, float]":
+    """Encode ``image`` at the predictor's resolution, predict, score. Returns (metrics, IoU
+    prediction of the kept mask).
+
+    ``multimask``: False (the single-mask output), True (three candidates, the one with the best
+    predicted IoU kept: what a user gets) or ``"oracle"`` (three candidates, the one with the best
+    IoU against ``gt`` kept: SAM's "oracle" figure, the best of three).
+    """
     predictor.set_image(image)
     logits, scores, _ = predictor.predict(point_coords=prompt.point_coords, point_labels=prompt.point_labels, box=prompt.box,
-                                          multimask_output=multimask, return_logits=True, hq_token_only=hq_token_only)
-    best = int(np.argmax(scores))
+                                          multimask_output=bool(multimask), return_logits=True, hq_token_only=hq_token_only)
+    if multimask == "oracle":
+        target = _as_mask(gt)  # the IoU image_metrics reports: logit >= 0 (probability >= 0.5)
+        best = int(np.argmax([_iou_dice(candidate >= 0, target)[0] for candidate in logits]))
+    else:
+        best = int(np.argmax(scores))
     prob = 1.0 / (1.0 + np.exp(-np.clip(logits[best].astype(np.float64), -60, 60)))
     metrics = image_metrics(prob, gt)
     return metrics, float(scores[best])

@@ -58,8 +58,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--prompt", choices=("point", "center", "box", "box+point"), default="point",
                    help="point: one seeded random foreground pixel (the paper's); center: the interior point farthest "
                         "from the boundary; box: the ground-truth box; box+point (default: %(default)s)")
-    p.add_argument("--multimask", choices=("auto", "on", "off"), default="auto",
-                   help="ask for 3 candidates and keep the one with the best predicted IoU; auto = for point prompts")
+    p.add_argument("--multimask", choices=("auto", "on", "off", "oracle"), default="auto",
+                   help="on: ask for 3 candidates and keep the one with the best predicted IoU; off: the single-mask "
+                        "output; auto: on for point prompts; oracle: 3 candidates, keep the one closest to the ground "
+                        "truth (SAM's oracle figure, the best of three)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random point prompts (default 0)")
     p.add_argument("--max-images", type=int, default=None, metavar="N", help="first N images of each dataset")
     add_device_options(p, max_memory=True)
