@@ -595,6 +595,25 @@ def export_onnx(
     return {k: out / v.name for k, v in staged.items()}
 
 
+#: the decoder graph's axes that vary at run time (every family): clicks, and the original image size
+DECODER_DYNAMIC_AXES = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"},
+                        "masks": {2: "orig_height", 3: "orig_width"}}
+
+
+def _prompt_inputs(g: torch.Generator, resolution: int, grid) -> Dict[str, Tensor]:
+    """The decoder's prompt inputs for tracing (drawn from ``g`` in this order): 5 clicks of every
+    label kind (-1 padding to 3 box corner), a mask input on, an original size other than the
+    resized one (so the crop and upscale are traced as data-dependent)."""
+    n_points = 5
+    return {
+        "point_coords": torch.randint(0, resolution, (1, n_points, 2), generator=g).float(),
+        "point_labels": torch.randint(-1, 4, (1, n_points), generator=g).float(),
+        "mask_input": torch.randn(1, 1, 4 * grid[0], 4 * grid[1], generator=g),
+        "has_mask_input": torch.tensor([1.0]),
+        "orig_im_size": torch.tensor([1500.0, 2250.0]),
+    }
+
+
 def _export_staged(model: nn.Module, out: Path, resolution: int, *, opset: int, quantize: bool,
                    return_single_mask: bool, hq_token_only: bool, multimask_output: bool) -> Dict[str, Path]:
     """:func:`export_onnx`'s work, writing every file into the (empty) folder ``out``."""
@@ -624,20 +643,11 @@ def _export_staged(model: nn.Module, out: Path, resolution: int, *, opset: int, 
     cls = HQDecoderForExport if m.is_hq else DecoderForExport
     decoder = cls(m, resolution, grid, return_single_mask=return_single_mask, multimask_output=multimask_output,
                   hq_token_only=hq_token_only).eval()
-    n_points = 5
-    inputs = {
-        "image_embeddings": torch.randn(emb.shape, generator=g),
-        "point_coords": torch.randint(0, resolution, (1, n_points, 2), generator=g).float(),
-        "point_labels": torch.randint(-1, 4, (1, n_points), generator=g).float(),
-        "mask_input": torch.randn(1, 1, 4 * grid[0], 4 * grid[1], generator=g),
-        "has_mask_input": torch.tensor([1.0]),
-        "orig_im_size": torch.tensor([1500.0, 2250.0]),
-    }
+    inputs = {"image_embeddings": torch.randn(emb.shape, generator=g), **_prompt_inputs(g, resolution, grid)}
     if m.is_hq:
         inputs = {"image_embeddings": inputs.pop("image_embeddings"), "interm_embeddings": torch.randn(enc_out[1].shape, generator=g),
                   **inputs}
-    dynamic = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"},
-               "masks": {2: "orig_height", 3: "orig_width"}}
+    dynamic = dict(DECODER_DYNAMIC_AXES)
     if m.is_hq:
         dynamic["interm_embeddings"] = {0: "num_interm"}
     _onnx_export(decoder, tuple(inputs.values()), paths["decoder"], list(inputs),
@@ -668,21 +678,10 @@ def _export_sam2_graphs(m: nn.Module, out: Path, resolution: int, opset: int, re
     _onnx_export(encoder, (dummy,), paths["encoder"], ["image"], enc_names, None, opset)
 
     decoder = Sam2DecoderForExport(m, resolution, grid, return_single_mask=return_single_mask).eval()
-    n_points = 5
-    inputs = {
-        "image_embeddings": torch.randn(emb.shape, generator=g),
-        "high_res_feats_0": torch.randn(hr0.shape, generator=g),
-        "high_res_feats_1": torch.randn(hr1.shape, generator=g),
-        "point_coords": torch.randint(0, resolution, (1, n_points, 2), generator=g).float(),
-        "point_labels": torch.randint(-1, 4, (1, n_points), generator=g).float(),
-        "mask_input": torch.randn(1, 1, 4 * grid[0], 4 * grid[1], generator=g),
-        "has_mask_input": torch.tensor([1.0]),
-        "orig_im_size": torch.tensor([1500.0, 2250.0]),
-    }
-    dynamic = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"},
-               "masks": {2: "orig_height", 3: "orig_width"}}
+    inputs = {"image_embeddings": torch.randn(emb.shape, generator=g), "high_res_feats_0": torch.randn(hr0.shape, generator=g),
+              "high_res_feats_1": torch.randn(hr1.shape, generator=g), **_prompt_inputs(g, resolution, grid)}
     _onnx_export(decoder, tuple(inputs.values()), paths["decoder"], list(inputs),
-                 ["masks", "iou_predictions", "low_res_masks", "object_score_logits"], dynamic, opset)
+                 ["masks", "iou_predictions", "low_res_masks", "object_score_logits"], dict(DECODER_DYNAMIC_AXES), opset)
     enc_shapes = dict(zip(enc_names, (tuple(emb.shape), tuple(hr0.shape), tuple(hr1.shape))))
     n_masks = 1 if return_single_mask else m.mask_decoder.num_mask_tokens
     dec_shapes = {"masks": (1, n_masks, "orig_height", "orig_width"), "iou_predictions": (1, n_masks),
