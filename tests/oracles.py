@@ -113,3 +113,17 @@ def official_checkpoint(name: str, arch: dict, tmp_dir: Path, seed: int = 0) -> 
 
 def official_predictor(name: str, model: nn.Module):
     return _package(name).SamPredictor(model)
+
+
+def prompt_kinds(h: float, w: float) -> dict:
+    """One prompt of each kind for an h x w image (predictor keyword arguments): a point, a
+    positive and a negative point, a box, a box with a point. The export parity tests use them."""
+    import numpy as np
+
+    return {
+        "point": dict(point_coords=np.array([[w * 0.4, h * 0.55]]), point_labels=np.array([1])),
+        "points": dict(point_coords=np.array([[w * 0.3, h * 0.3], [w * 0.7, h * 0.6]]), point_labels=np.array([1, 0])),
+        "box": dict(box=np.array([w * 0.2, h * 0.25, w * 0.75, h * 0.8])),
+        "box+point": dict(box=np.array([w * 0.1, h * 0.1, w * 0.6, h * 0.9]), point_coords=np.array([[w * 0.3, h * 0.5]]),
+                          point_labels=np.array([1])),
+    }

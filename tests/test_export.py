@@ -21,6 +21,7 @@ import onnx  # noqa: E402
 
 import basam  # noqa: E402
 import oracles  # noqa: E402
+from oracles import prompt_kinds  # noqa: E402
 from basam.errors import InputError  # noqa: E402
 from basam.export import OnnxPredictor, export_onnx  # noqa: E402
 from conftest import shared_images  # noqa: E402
@@ -44,16 +45,6 @@ def _image(seed, h, w):
     yy, xx = np.mgrid[0:h, 0:w]
     base = (np.sin(xx / 37.0) + np.cos(yy / 23.0)) * 60 + 128
     return np.clip(base[..., None] + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
-
-
-def _prompts(H, W):
-    return {
-        "point": dict(point_coords=np.array([[W * 0.4, H * 0.55]]), point_labels=np.array([1])),
-        "points": dict(point_coords=np.array([[W * 0.3, H * 0.3], [W * 0.7, H * 0.6]]), point_labels=np.array([1, 0])),
-        "box": dict(box=np.array([W * 0.2, H * 0.25, W * 0.75, H * 0.8])),
-        "box+point": dict(box=np.array([W * 0.1, H * 0.1, W * 0.6, H * 0.9]), point_coords=np.array([[W * 0.3, H * 0.5]]),
-                          point_labels=np.array([1])),
-    }
 
 
 def _session(path):
@@ -84,7 +75,7 @@ def _check_predictor(onnx_dir, model, resolution, image, hq=False, multimask=(Tr
     if hq:
         close(ours.interm_features[0], ref.interm_features[0].numpy(), f"{model.name}@{resolution} interm embedding")
     H, W = image.shape[:2]
-    for name, kw in _prompts(H, W).items():
+    for name, kw in prompt_kinds(H, W).items():
         for mm in multimask:
             what = f"{model.name}@{resolution} {name} multimask={mm}"
             lg, s, low = ours.predict(multimask_output=mm, return_logits=True, **kw, **predict_kw)
@@ -93,7 +84,7 @@ def _check_predictor(onnx_dir, model, resolution, image, hq=False, multimask=(Tr
             close(s, s_ref, what + " IoU predictions")
             close(lg, lg_ref, what + " full-size logits")
     # mask prompt alone (no points: an empty point set) and with a point
-    kw = _prompts(H, W)["point"]
+    kw = prompt_kinds(H, W)["point"]
     mm = multimask[-1]
     _, _, low_prev = ref.predict(multimask_output=False, **kw, **predict_kw)
     for extra in ({}, kw):
@@ -186,9 +177,9 @@ def test_sam_hq_1024_basam_matches_torch_and_official_hq_decoder(tmp_path):
     image = _image(2, *ORIG)
     ours = _check_predictor(paths["encoder"].parent, model, 1024, image, hq=True, multimask=(False,), hq_token_only=False)
     with pytest.raises(InputError, match="hq_token_only"):
-        ours.predict(**_prompts(*ORIG)["point"], hq_token_only=True)
+        ours.predict(**prompt_kinds(*ORIG)["point"], hq_token_only=True)
     with pytest.raises(InputError, match="multimask_output"):
-        ours.predict(**_prompts(*ORIG)["point"], multimask_output=True)
+        ours.predict(**prompt_kinds(*ORIG)["point"], multimask_output=True)
 
     from segment_anything_hq.utils.onnx import SamOnnxModel
 
@@ -233,7 +224,7 @@ def test_return_single_mask_follows_the_official_rule(tmp_path):
     image = _image(5, 300, 420)
     ours.set_image(image)
     ref.set_image(image)
-    for name, kw in _prompts(300, 420).items():
+    for name, kw in prompt_kinds(300, 420).items():
         lg, s, low = ours.predict(return_logits=True, **kw)
         assert lg.shape[0] == s.shape[0] == low.shape[0] == 1
         # decoder points: clicks + the padding point, or clicks + 2 box corners
@@ -268,7 +259,7 @@ def test_quantized_export_on_trained_weights(tmp_path, capsys):
         close(fp32.get_image_embedding(), ref.get_image_embedding().numpy(), f"basam_tiny {f.name} embedding")
         e = fp32.get_image_embedding()
         emb_errs.append(float(np.abs(int8.get_image_embedding() - e).max() / np.abs(e).max()))
-        for kw in _prompts(H, W).values():
+        for kw in prompt_kinds(H, W).values():
             lg_ref, _, _ = ref.predict(multimask_output=False, return_logits=True, **kw)
             lg, _, _ = fp32.predict(multimask_output=False, return_logits=True, **kw)
             lq, _, _ = int8.predict(multimask_output=False, return_logits=True, **kw)

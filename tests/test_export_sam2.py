@@ -20,7 +20,7 @@ import onnx  # noqa: E402
 from basam.export import OnnxPredictor, export_onnx  # noqa: E402
 from basam.models.registry import create_model  # noqa: E402
 from basam.sam2_predictor import Sam2Predictor  # noqa: E402
-from oracles import randomize  # noqa: E402
+from oracles import prompt_kinds, randomize  # noqa: E402
 from test_sam2 import image, reduced_arch  # noqa: E402
 
 NAME = "sam2.1_hiera_tiny"
@@ -48,16 +48,6 @@ def export256(model, tmp_path_factory):
     out = tmp_path_factory.mktemp("sam2_onnx") / "r256"
     paths = export_onnx(model, out, resolution=256)
     return out, paths
-
-
-def _prompts(h, w):
-    return {
-        "point": dict(point_coords=np.array([[w * 0.4, h * 0.55]]), point_labels=np.array([1])),
-        "points": dict(point_coords=np.array([[w * 0.3, h * 0.3], [w * 0.7, h * 0.6]]), point_labels=np.array([1, 0])),
-        "box": dict(box=np.array([w * 0.1, h * 0.2, w * 0.8, h * 0.9])),
-        "box+point": dict(box=np.array([w * 0.2, h * 0.2, w * 0.9, h * 0.7]), point_coords=np.array([[w * 0.5, h * 0.5]]),
-                          point_labels=np.array([1])),
-    }
 
 
 def _compare(ours, ref, kw, multimask, what, figures):
@@ -122,21 +112,21 @@ def test_onnx_predictor_matches_sam2_predictor(export256, model):
     for i in range(2):
         close(ours.high_res_features[i], ref.features.multiscale[i].numpy(), f"high_res_feats_{i}", figures, "features")
     branches = set()
-    for name, kw in _prompts(300, 400).items():
+    for name, kw in prompt_kinds(300, 400).items():
         _, (_, iou_multi, _) = _compare(ours, ref, kw, True, f"{name} multimask", figures)
         _, (_, iou_single, _) = _compare(ours, ref, kw, False, f"{name} single", figures)
         # which token the stability rule picked: the best multimask one, or the single-mask token
         branches.add("best multimask" if np.isclose(iou_single[0], iou_multi.max(), rtol=0, atol=1e-7) else "single token")
         assert ours.object_score_logits.shape == (1, 1)
     assert branches == {"best multimask", "single token"}, f"only {branches} exercised: pick other prompts"
-    _, _, low_prev = ref.predict(**_prompts(300, 400)["point"], multimask_output=False)
+    _, _, low_prev = ref.predict(**prompt_kinds(300, 400)["point"], multimask_output=False)
     big = torch.nn.functional.interpolate(torch.from_numpy(low_prev)[None], scale_factor=2, mode="bilinear").numpy()[0]
     for what, kw in {"mask alone": dict(mask_input=low_prev),
-                     "mask+point": dict(mask_input=low_prev, **_prompts(300, 400)["points"]),
-                     "mask at 2x": dict(mask_input=big, **_prompts(300, 400)["point"])}.items():
+                     "mask+point": dict(mask_input=low_prev, **prompt_kinds(300, 400)["points"]),
+                     "mask at 2x": dict(mask_input=big, **prompt_kinds(300, 400)["point"])}.items():
         for mm in (True, False):
             _compare(ours, ref, kw, mm, f"{what} multimask={mm}", figures)
-    masks, scores, low = ours.predict(**_prompts(300, 400)["point"])
+    masks, scores, low = ours.predict(**prompt_kinds(300, 400)["point"])
     assert masks.dtype == np.bool_ and masks.shape == (3, 300, 400) and low.shape == (3, 64, 64)
     assert np.abs(low).max() <= 32.0
     print("SAM 2 onnx vs Sam2Predictor, max relative difference:", {k: f"{v:.2g}" for k, v in figures.items()})
@@ -169,7 +159,7 @@ def test_cli_export_single_mask_padded_quantized(model, tmp_path, capsys):
     for p in (ours, ref, quant):
         p.set_image(img)
     figures = {}
-    for name, kw in _prompts(200, 330).items():
+    for name, kw in prompt_kinds(200, 330).items():
         for mm in (True, False):  # a single-mask decoder answers one mask either way
             a, b = ours.predict(**kw, multimask_output=mm, return_logits=True), ref.predict(**kw, multimask_output=False,
                                                                                           return_logits=True)
