@@ -278,6 +278,16 @@ def test_augmentation_is_joint_deterministic_and_never_empty(tmp_path):
     assert box["prompt"]["box"].tolist() == [xs.min(), ys.min(), xs.max(), ys.max()]
     k = TrainSet(sets, weights, resolution=64, seed=3, prompt="points:3")[1]["prompt"]
     assert k["coords"].shape == (3, 2) and k["labels"].tolist() == [1, 1, 1]
+    # colour jitter: same crop and mask as without it, another image, still a function of the position
+    plain = TrainSet(sets, weights, resolution=64, seed=3, prompt="point")
+    jit = TrainSet(sets, weights, resolution=64, seed=3, prompt="point", color_jitter=0.4)
+    changed = 0
+    for p in range(10):
+        a, b = plain[p], jit[p]
+        assert torch.equal(a["mask"], b["mask"]) and a["prompt"]["coords"].tolist() == b["prompt"]["coords"].tolist()
+        assert torch.equal(b["image"], jit[p]["image"])
+        changed += not torch.equal(a["image"], b["image"])
+    assert changed >= 8
 
 
 # ----------------------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ class TrainConfig:
     crop_scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
     crop_ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     hflip: float = 0.5
+    color_jitter: float = 0.0
     prompt: str = "point"
     box_noise: float = 0.1
     point_single_weight: float = 0.0
@@ -109,7 +110,7 @@ class TrainConfig:
 #: may everything about validation, logging, saving and the machine.
 RUN_DEFINING = (
     "model", "checkpoint", "architecture", "attention", "beta", "dist", "nsf_count", "decoder_nsf", "hq_fusion", "train",
-    "data", "resolution", "crop_scale", "crop_ratio", "hflip", "prompt", "box_noise", "point_single_weight", "cache_side", "seed", "batch_size", "grad_accum",
+    "data", "resolution", "crop_scale", "crop_ratio", "hflip", "color_jitter", "prompt", "box_noise", "point_single_weight", "cache_side", "seed", "batch_size", "grad_accum",
     "lr", "min_lr", "warmup", "weight_decay", "betas", "grad_clip", "bce_weight", "dice_weight", "iou_weight", "precision",
 )
 
@@ -299,6 +300,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option("crop_scale", _float_list(2), "RandomResizedCrop area range (default 0.5,1.0)", "LO,HI", "data"),
     Option("crop_ratio", _float_list(2), "RandomResizedCrop aspect range (default 0.75,1.333)", "LO,HI", "data"),
     Option("hflip", _float, "probability of a horizontal flip (default 0.5)", "P", "data"),
+    Option("color_jitter", _nonneg(_float), "photometric augmentation of the image (not the mask): brightness, contrast "
+           "and saturation by up to this fraction, hue by a quarter of it (default 0: off)", "S", "data"),
     Option("prompt", parse_prompt, f"training prompts sampled from the augmented mask: {PROMPT_HELP}", "KIND", "data"),
     Option("box_noise", _nonneg(_float), "box prompts: std of the corner noise as a fraction of the box side (default 0.1)", "F", "data"),
     Option("point_single_weight", _nonneg(_float), "one-point prompts: weight of the single-mask output's loss beside the best "

@@ -336,7 +336,7 @@ class TrainSet(torch.utils.data.Dataset):
 
     def __init__(self, datasets: Sequence, weights: Sequence[float], *, resolution: int, seed: int, prompt: str = "point",
                  crop_scale: Sequence[float] = (0.5, 1.0), crop_ratio: Sequence[float] = (3 / 4, 4 / 3), hflip: float = 0.5,
-                 box_noise: float = 0.1, cache_dir: Optional[str] = None, cache_side: int = 0) -> None:
+                 box_noise: float = 0.1, cache_dir: Optional[str] = None, cache_side: int = 0, color_jitter: float = 0.0) -> None:
         self.datasets = list(datasets)
         self.cache_dir = cache_dir
         self.cache_side = int(cache_side)
@@ -348,6 +348,7 @@ class TrainSet(torch.utils.data.Dataset):
         self.crop_scale = tuple(float(x) for x in crop_scale)
         self.crop_ratio = tuple(float(x) for x in crop_ratio)
         self.hflip = float(hflip)
+        self.color_jitter = float(color_jitter)
         self.box_noise = float(box_noise)
         self._transforms = None
 
@@ -358,9 +359,12 @@ class TrainSet(torch.utils.data.Dataset):
         from torchvision.transforms import v2
 
         R = self.resolution
+        # photometric jitter touches the image only (v2 passes Mask tensors through colour transforms)
+        s = self.color_jitter
+        jitter = [v2.ColorJitter(brightness=s, contrast=s, saturation=s, hue=min(0.5, s / 4))] if s > 0 else []
         crop = v2.Compose([v2.RandomResizedCrop((R, R), scale=self.crop_scale, ratio=self.crop_ratio, antialias=True),
-                           v2.RandomHorizontalFlip(self.hflip)])
-        whole = v2.Compose([v2.Resize((R, R), antialias=True), v2.RandomHorizontalFlip(self.hflip)])
+                           v2.RandomHorizontalFlip(self.hflip), *jitter])
+        whole = v2.Compose([v2.Resize((R, R), antialias=True), v2.RandomHorizontalFlip(self.hflip), *jitter])
         return crop, whole
 
     def augment(self, image: np.ndarray, mask: np.ndarray, position: int, attempt: int) -> Tuple[torch.Tensor, torch.Tensor]:
