@@ -50,3 +50,38 @@ def test_segment_command_with_basam_tiny(tmp_path, capsys):
                  "--attention", "basam", "--out", str(tmp_path / "m.png"), "--overlay", str(tmp_path / "o.png"), "-q"]) == 0
     assert Image.open(tmp_path / "m.png").size == (160, 120)
     assert "predicted IoU" in capsys.readouterr().out
+
+
+def test_bars_script_reports_every_output_with_intervals(tmp_path):
+    """scripts/basam_tiny_bars.py: one row per (dataset, output), a verdict on DUTS-TE's two barred
+    rows only, intervals that hold their mean, the commands it ran, and a JSON twin."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "duts-te").is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA / 'duts-te'} (../shared/data is absent)")
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bars.md"
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "basam_tiny_bars.py"), "--data", str(SHARED_DATA / "duts-te"),
+                           "--max-images", "2", "--work", str(tmp_path / "work"), "--out", str(out)],
+                          capture_output=True, text=True, cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    rows = [l for l in out.read_text().splitlines() if l.startswith("| duts-te |")]
+    assert len(rows) == 3
+    assert "0.60" in rows[0] and "0.55" in rows[1] and "met" not in rows[2]
+    assert "FIRST 2 IMAGES" in out.read_text() and "--multimask oracle" in out.read_text()
+    payload = json.loads(out.with_suffix(".json").read_text())
+    for mode in ("oracle", "off", "on"):
+        iou = payload["results"][mode]["duts-te"]["iou"]
+        assert iou["n_images"] == 2 and iou["low"] <= iou["mean"] <= iou["high"]
+    # the oracle picks the candidate closest to the ground truth: never worse than the model's pick
+    assert payload["results"]["oracle"]["duts-te"]["iou"]["mean"] >= payload["results"]["on"]["duts-te"]["iou"]["mean"] - 1e-9
+    # a bad checkpoint: one line, exit 2, no table
+    bad = subprocess.run([sys.executable, str(root / "scripts" / "basam_tiny_bars.py"), "--checkpoint", str(tmp_path / "nope.safetensors"),
+                          "--data", str(SHARED_DATA / "duts-te"), "--max-images", "1", "--work", str(tmp_path / "w2"),
+                          "--out", str(tmp_path / "b2.md")], capture_output=True, text=True, cwd=root)
+    assert bad.returncode == 2 and "basam_tiny_bars:" in bad.stderr and not (tmp_path / "b2.md").exists()
