@@ -85,3 +85,38 @@ def test_bars_script_reports_every_output_with_intervals(tmp_path):
                           "--data", str(SHARED_DATA / "duts-te"), "--max-images", "1", "--work", str(tmp_path / "w2"),
                           "--out", str(tmp_path / "b2.md")], capture_output=True, text=True, cwd=root)
     assert bad.returncode == 2 and "basam_tiny_bars:" in bad.stderr and not (tmp_path / "b2.md").exists()
+
+
+def test_ship_script_writes_a_strictly_loading_file_and_refuses_others(tmp_path):
+    """scripts/ship_basam_tiny.py: the shipped file has the checkpoint's tensors and the note, loads
+    as basam_tiny; a file of another model or architecture is refused in one line, nothing written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from basam.checkpoint import read_metadata, read_state_dict, save_model
+
+    root = Path(__file__).resolve().parents[1]
+    script = [sys.executable, str(root / "scripts" / "ship_basam_tiny.py")]
+    model = basam.load_model("basam_tiny")
+    with torch.no_grad():
+        model.mask_decoder.iou_token.weight.add_(1.0)  # a "trained" change the shipped file must carry
+    ckpt = save_model(model, tmp_path / "ckpt.safetensors", {"step": "42"})
+    out = tmp_path / "shipped.safetensors"
+    proc = subprocess.run(script + [str(ckpt), "--note", "test weights", "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    meta = read_metadata(out)
+    assert meta["note"] == "test weights" and meta["architecture"] == "{}" and meta["step"] == "42"
+    a, b = read_state_dict(ckpt), read_state_dict(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(basam.load_model("basam_tiny", checkpoint=out).mask_decoder.iou_token.weight,
+                       model.mask_decoder.iou_token.weight)
+    from basam.models.registry import create_model
+
+    other = save_model(create_model("sam_vit_b", embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,)),
+                       tmp_path / "other.safetensors")
+    bad = subprocess.run(script + [str(other), "--note", "x", "--out", str(tmp_path / "b.safetensors")], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a basam_tiny checkpoint" in bad.stderr
+    assert not (tmp_path / "b.safetensors").exists()
