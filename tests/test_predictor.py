@@ -72,23 +72,42 @@ def _shapes_image():
     return read_image(Path(__file__).resolve().parents[1] / "examples" / "shapes.png")
 
 
-def test_basam_tiny_single_mask_is_its_best_trained_candidate(recwarn):
-    """basam_tiny's metadata says only its multimask outputs are trained: multimask_output=False (and
-    every box prompt) gives the best-scoring multimask candidate, with one note, instead of the
-    untrained single-mask token's near-full-image mask."""
+def test_basam_tiny_single_mask_output_is_trained():
+    """basam_tiny (v3) was trained with mixed prompts, so every output token is trained: its file
+    says so, and multimask_output=False gives the single-mask token's own mask with no note."""
     import warnings
 
     from basam.errors import BasamNote
 
     model = basam.load_model("basam_tiny")
-    assert model.trained_outputs == "multimask"
+    assert model.trained_outputs == "all"
+    pred = basam.Predictor(model)
+    pred.set_image(_shapes_image())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        single, s_score, _ = pred.predict(box=np.array([100, 100, 500, 400]), multimask_output=False)
+    assert not [w for w in caught if issubclass(w.category, BasamNote)]
+    assert single.shape[0] == 1 and s_score.shape == (1,)
+    assert 0.001 < single.mean() < 0.9  # not the near-full-image mask of an untrained token
+
+
+def test_untrained_single_mask_token_gives_the_best_trained_candidate():
+    """A model whose file says only its multimask outputs are trained (basam_tiny v1, or any model
+    trained with one-point prompts only): multimask_output=False (and every box prompt) gives the
+    best-scoring multimask candidate, with one note, instead of the untrained single-mask token's."""
+    import warnings
+
+    from basam.errors import BasamNote
+
+    model = basam.load_model("basam_tiny")
+    model.trained_outputs = "multimask"
     pred = basam.Predictor(model)
     pred.set_image(_shapes_image())
     box = np.array([100, 100, 500, 400])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         single, s_score, s_low = pred.predict(box=box, multimask_output=False)
-        again, _, _ = pred.predict(point_coords=np.array([[300, 250]]), point_labels=np.array([1]), multimask_output=False)
+        pred.predict(point_coords=np.array([[300, 250]]), point_labels=np.array([1]), multimask_output=False)
     notes = [w for w in caught if issubclass(w.category, BasamNote)]
     assert len(notes) == 1 and "multimask outputs only" in str(notes[0].message)
     multi, m_scores, m_low = pred.predict(box=box, multimask_output=True)
@@ -96,16 +115,16 @@ def test_basam_tiny_single_mask_is_its_best_trained_candidate(recwarn):
     assert single.shape == (1,) + single.shape[1:] and s_score.shape == (1,)
     assert np.array_equal(single[0], multi[best]) and np.isclose(s_score[0], m_scores[best])
     assert np.allclose(s_low[0], m_low[best])
-    # the untrained token's mask, as the model's raw output, is what the rule avoids
-    model.trained_outputs = "all"
-    raw, raw_score, _ = pred.predict(box=box, multimask_output=False)
-    assert raw.mean() > 0.9 and single.mean() < raw.mean()
+    model.trained_outputs = "all"  # the model's own single-mask output is another mask
+    raw, _, raw_low = pred.predict(box=box, multimask_output=False)
+    assert not np.allclose(raw_low[0], s_low[0])
 
 
 def test_trained_outputs_round_trip_through_save_model(tmp_path):
     from basam.checkpoint import read_metadata, save_model
 
     model = basam.load_model("basam_tiny")
+    model.trained_outputs = "multimask"
     path = save_model(model, tmp_path / "t.safetensors")
     assert read_metadata(path)["trained_outputs"] == "multimask"
     assert basam.load_model("basam_tiny", checkpoint=path).trained_outputs == "multimask"
@@ -126,6 +145,6 @@ def test_cli_segment_box_with_basam_tiny_gives_a_trained_mask(tmp_path, capsys):
     out = tmp_path / "m.png"
     assert main(["segment", str(image), "--model", "basam_tiny", "--box", "100,100,500,400", "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert err.count("basam: note:") == 1 and "multimask outputs only" in err
+    assert "basam: note:" not in err  # v3's single-mask output is trained: no substitution, no note
     mask = np.asarray(Image.open(out)) > 0
     assert 0.001 < mask.mean() < 0.9

@@ -219,13 +219,14 @@ register(ModelSpec(
     ),
 ))
 # basam's own demonstration model: SAM's architecture, small, trained from scratch at 256 px on a few
-# thousand salient-object and polyp images (see the README for what it is and how good it is).
+# thousand salient-object and polyp images (recipe basam_tiny_v3; see the README for how good it is).
+# An HQ variant for the fusion study: architecture={"hq": True} (HQ modules trained with --train hq).
 register(ModelSpec(
     "basam_tiny",
-    ViTConfig(embed_dim=192, depth=6, num_heads=6, global_attn_indexes=(2, 5), window_size=8),
+    ViTConfig(embed_dim=160, depth=6, num_heads=5, global_attn_indexes=(2, 5), window_size=8),
     decoder=DecoderConfig(transformer_dim=128, depth=2, num_heads=4, mlp_dim=512, iou_head_hidden_dim=128),
     img_size=256,
-    description="basam's demonstration model (ViT 192x6, trained from scratch at 256 px; not SAM)",
+    description="basam's demonstration model (ViT 160x6, trained from scratch at 256 px; not SAM)",
     bundled="basam_tiny.safetensors",
 ))
 
