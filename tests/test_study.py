@@ -15,7 +15,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 EVALS = ("zero_shot", "zero_shot_beta_0.1", "zero_shot_beta_0.3", "zero_shot_nsf_image", "zero_shot_decoder_nsf",
-         "fine_tuned_slopes", "fine_tuned_decoder_slopes")
+         "fine_tuned_slopes", "fine_tuned_decoder_slopes", "hq_independent", "hq_add", "hq_product")
 
 
 @pytest.mark.skipif(not all((SHARED / d).is_dir() for d in ("duts-tr", "duts-te", "kvasir-seg")),
@@ -24,7 +24,7 @@ def test_study_quick_mode_end_to_end(tmp_path):
     from basam.checkpoint import read_state_dict
 
     env = {**os.environ, "MODE": "quick", "OUT": str(tmp_path / "study"), "SHARED": str(SHARED),
-           "BASAM": f"{sys.executable} -m basam", "OMP_NUM_THREADS": "2"}
+           "BASAM": f"{sys.executable} -m basam", "PYTHON": sys.executable, "OMP_NUM_THREADS": "2"}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "study.sh")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout[-1500:], proc.stderr[-1500:])
     out = tmp_path / "study"
@@ -49,3 +49,18 @@ def test_study_quick_mode_end_to_end(tmp_path):
     base, ft = read_state_dict(latest("study_model")), read_state_dict(latest("ft_slopes"))
     changed = {k for k in ft if not torch.equal(ft[k], base[k])}
     assert changed and all(k.endswith(".bam.slopes") for k in changed)
+    # the HQ variants: the study model's weights untouched, HQ-SAM's own modules added and trained,
+    # each with its fusion mode recorded; compared with the plain model and with each other
+    from basam.checkpoint import read_metadata
+    from basam.train.freeze import HQ_MODULES
+
+    for fusion in ("independent", "add", "product"):
+        hq = read_state_dict(latest(f"hq_train_{fusion}"))
+        assert read_metadata(latest(f"hq_train_{fusion}"))["hq_fusion"] == fusion
+        added = set(hq) - set(base)
+        assert added and {k.split(".")[1] for k in added} == set(HQ_MODULES)
+        assert all(torch.equal(hq[k], base[k]) for k in base if not k.endswith(".bam.slopes"))
+    vs_plain = (out / "hq_fusion_vs_plain.md").read_text()
+    assert all(vs_plain.count(f"| {f} | duts-te |") == 4 for f in ("independent", "add", "product"))  # 2 presets x 2 sizes
+    vs_ind = json.loads((out / "hq_fusion_vs_independent.json").read_text())["runs"]
+    assert set(vs_ind) == {"add", "product"}
