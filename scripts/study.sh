@@ -56,11 +56,17 @@ else
 fi
 [ -f "$CKPT" ] || { echo "study.sh: no study model at $CKPT" >&2; exit 1; }
 
-
 evaluate() {  # evaluate NAME CHECKPOINT [extra evaluate flags...]
   local name=$1 ckpt=$2; shift 2
   $B evaluate $EVAL_DATA --model basam_tiny --checkpoint "$ckpt" --resolutions $RES --prompt center $LIMIT \
     --device "$DEVICE" --out "$OUT/$name" $Q "$@"
+}
+
+train_from_study_model() {  # train_from_study_model NAME [extra train flags...]: on the study model's data, whole images
+  local name=$1; shift
+  $B train --model basam_tiny --checkpoint "$CKPT" --data "$SHARED/duts-tr" --data "$SHARED/kvasir-seg:split=train" \
+    --crop-scale 1.0,1.0 --prompt mixed --batch-size "$BATCH" $VAL --cache-dir "$OUT/cache" --device "$DEVICE" \
+    --out "$OUT/$name" --resume $Q "$@"
 }
 
 # 2. Zero-shot: the presets, then one knob at a time (vanilla first in each: the paired reference).
@@ -74,19 +80,15 @@ evaluate zero_shot_decoder_nsf "$CKPT" --attention vanilla nsf basam --beta 1.0 
 # 3. Fine-tuned at 2x the training grid: the slopes, then the slopes with the decoder.
 for policy in slopes decoder+slopes; do
   tag=${policy//+/_}
-  $B train --model basam_tiny --checkpoint "$CKPT" --attention basam --beta 0.1 --train "$policy" \
-    --data "$SHARED/duts-tr" --data "$SHARED/kvasir-seg:split=train" --resolution 512 --crop-scale 1.0,1.0 \
-    --prompt mixed --steps "$FT_STEPS" --batch-size "$BATCH" --lr 2e-3 --warmup 1 --weight-decay 0 $VAL \
-    --cache-dir "$OUT/cache" --device "$DEVICE" --out "$OUT/ft_$tag" --resume $Q
+  train_from_study_model "ft_$tag" --attention basam --beta 0.1 --train "$policy" --resolution 512 \
+    --steps "$FT_STEPS" --lr 2e-3 --warmup 1 --weight-decay 0
   evaluate "fine_tuned_$tag" "$(last_checkpoint "$OUT/ft_$tag")" --attention vanilla basam
 done
 # 4. HQ-SAM's fusion modes on the study model: its HQ modules trained at 256 px, everything else frozen.
 HQ_RUNS=()
 for fusion in independent add product; do
-  $B train --model basam_tiny --architecture '{"hq": true}' --checkpoint "$CKPT" --train hq --hq-fusion "$fusion" \
-    --data "$SHARED/duts-tr" --data "$SHARED/kvasir-seg:split=train" --resolution 256 --crop-scale 1.0,1.0 \
-    --prompt mixed --steps "$HQ_STEPS" --batch-size "$BATCH" --lr 1e-3 --warmup 50 $VAL \
-    --cache-dir "$OUT/cache" --device "$DEVICE" --out "$OUT/hq_train_$fusion" --resume $Q
+  train_from_study_model "hq_train_$fusion" --architecture '{"hq": true}' --train hq --hq-fusion "$fusion" \
+    --resolution 256 --steps "$HQ_STEPS" --lr 1e-3 --warmup 50
   evaluate "hq_$fusion" "$(last_checkpoint "$OUT/hq_train_$fusion")" --attention vanilla basam:manhattan --beta 1.0  # as zero_shot
   HQ_RUNS+=("$fusion=$OUT/hq_$fusion")
 done
