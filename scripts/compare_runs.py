@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference", required=True, help="the evaluate folder every other one is compared with")
     ap.add_argument("runs", nargs="+", metavar="NAME=FOLDER", help="evaluate folders to compare with the reference")
     ap.add_argument("--reference-name", default="reference", help="the reference's name in the table")
+    ap.add_argument("--reference-attention", metavar="PRESET",
+                    help="compare every preset of each run with this preset of the reference (default: the same preset)")
     ap.add_argument("--out", required=True, help="Markdown file to write (a .json twin is written beside it)")
     args = ap.parse_args(argv)
     try:
@@ -45,16 +47,16 @@ def main(argv: list[str] | None = None) -> int:
             runs.append((name, Path(folder)))
         lines = [f"Paired differences against {args.reference_name} ({args.reference}): each run minus it, per image, "
                  "mean and 95 % bootstrap interval; **bold**: the interval excludes 0.", "",
-                 "| run | dataset | attention | px | images | " + " | ".join(f"Δ {m}" for m in PAIRED_METRICS) + " |",
-                 "|---|---|---|---:|---:|" + "---|" * len(PAIRED_METRICS)]
+                 "| run | dataset | attention | vs | px | images | " + " | ".join(f"Δ {m}" for m in PAIRED_METRICS) + " |",
+                 "|---|---|---|---|---:|---:|" + "---|" * len(PAIRED_METRICS)]
         payload = {"reference": str(args.reference), "runs": {}}
         for name, folder in runs:
-            diffs = paired_between_runs(folder, Path(args.reference))
+            diffs = paired_between_runs(folder, Path(args.reference), args.reference_attention)
             if not diffs:
                 raise BasamError(f"{folder} and {args.reference} share no (dataset, attention, resolution)")
             payload["runs"][name] = {"folder": str(folder), "differences": diffs}
             for d in diffs:
-                lines.append(f"| {name} | {d['dataset']} | {d['attention']} | {d['resolution']} | {d['n_images']} | "
+                lines.append(f"| {name} | {d['dataset']} | {d['attention']} | {d['vs_attention']} | {d['resolution']} | {d['n_images']} | "
                              + " | ".join(_cell(d.get(m)) for m in PAIRED_METRICS) + " |")
         out = Path(args.out)
         texts = [(out.with_suffix(".json"), json.dumps(payload, indent=2, sort_keys=True) + "\n"), (out, "\n".join(lines) + "\n")]

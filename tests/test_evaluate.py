@@ -359,6 +359,13 @@ def test_paired_differences_between_two_runs(tmp_path, ckpt):
             if d["attention"] == "vanilla":  # beta does not touch vanilla attention
                 assert d[m]["mean"] == 0 and d[m]["low"] == d[m]["high"] == 0
     assert any(d["iou"]["mean"] != 0 or d["mae"]["mean"] != 0 for d in diffs if d["attention"] == "basam")
+    # every preset of the run against one preset of the reference (a fine-tuned basam vs the untuned vanilla)
+    cross = paired_between_runs(b, a, reference_attention="vanilla")
+    assert [(d["attention"], d["vs_attention"]) for d in cross] == [("basam", "vanilla")] * 2 + [("vanilla", "vanilla")] * 2
+    for d in cross:
+        per = [recs_b[(k[0], k[1], k[2], d["attention"])]["iou"] - recs_a[k]["iou"] for k in recs_a
+               if k[2] == d["resolution"] and k[3] == "vanilla"]
+        assert d["iou"]["mean"] == pytest.approx(np.mean(per), abs=1e-9)
     assert main(_args(data, c, ckpt, "--seed", "1")) == 0  # another seed: other random points
     with pytest.raises(ev.InputError, match="differently"):
         paired_between_runs(c, a)
@@ -370,7 +377,7 @@ def test_paired_differences_between_two_runs(tmp_path, ckpt):
     script = [sys.executable, str(ROOT / "scripts" / "compare_runs.py"), "--reference", str(a)]
     proc = subprocess.run([*script, f"beta0.1={b}", "--out", str(md)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert md.read_text().count("| beta0.1 | synth |") == 4
+    assert md.read_text().count("| beta0.1 | synth |") == 4 and "| beta0.1 | synth | basam | basam | 128 |" in md.read_text()
     assert json.loads(md.with_suffix(".json").read_text())["runs"]["beta0.1"]["differences"] == json.loads(json.dumps(diffs))
     proc = subprocess.run([*script, f"seed1={c}", "--out", str(tmp_path / "cmp" / "bad.md")], capture_output=True, text=True)
     assert proc.returncode == 2 and "prompted differently (seed 1 vs 0)" in proc.stderr
@@ -407,3 +414,39 @@ def test_oracle_multimask_keeps_the_candidate_closest_to_the_truth(tmp_path, ckp
                                          multimask_output=True, return_logits=True)
         best = max(image_metrics(lg >= 0, gt)["iou"] for lg in logits)
         assert runs["oracle"][ds[k].name]["iou"] == pytest.approx(best, abs=1e-12)
+
+
+def test_one_run_compares_every_knob_and_beta_variants_do_not_leak(tmp_path, ckpt, capsys):
+    """``--attention`` variants with options (beta=, count=, decoder, a distance) in one run: each is
+    the model evaluated with that knob changed; a beta= variant replaces the slopes for itself only
+    (the plain basam variant after it gives what a run of basam alone gives)."""
+    import csv
+
+    data = _synthetic(tmp_path / "synth", n=3)
+    variants = ["vanilla", "basam:beta=0.1", "basam", "nsf:count=image", "basam:decoder", "basam:euclidean:beta=0.3"]
+    small = ["--resolutions", "192", "--attention"]
+
+    def run(name, attention):
+        argv = _args(data, tmp_path / name, ckpt)
+        cut = argv.index("--resolutions")
+        argv = argv[:cut] + small + attention + argv[argv.index("--prompt"):]
+        assert main(argv) == 0, capsys.readouterr().err
+        rows = list(csv.DictReader((tmp_path / name / "per_image.csv").open()))
+        return {(r["image"], r["attention"]): float(r["iou_pred"]) for r in rows}
+
+    every = run("every", variants)
+    alone = run("alone", ["vanilla", "basam"])
+    images = sorted({i for i, _ in every})
+    for i in images:
+        assert every[(i, "basam")] == alone[(i, "basam")]  # no leak from basam:beta=0.1 before it
+        assert every[(i, "vanilla")] == alone[(i, "vanilla")]
+    differs = lambda a, b: any(every[(i, a)] != every[(i, b)] for i in images)  # noqa: E731
+    for v in ("basam:beta=0.1", "basam:decoder", "basam:euclidean:beta=0.3"):
+        assert differs(v, "basam"), v
+    assert differs("nsf:count=image", "vanilla")
+    summary = json.loads((tmp_path / "every" / "summary.json").read_text())["datasets"]["synth"]
+    assert {d["attention"] for d in summary["paired"] if d["kind"] == "preset"} == set(variants[1:])
+    for bad, why in (("basam:beta=-1", "beta must be a number"), ("basam:count=all", "unknown option"),
+                     ("basam:flat:euclidean", "sets dist twice"), ("fast", "unknown attention preset")):
+        assert main(_args(data, tmp_path / "bad", ckpt)[:-1] + ["--attention", bad]) == 2
+        assert why in capsys.readouterr().err and not (tmp_path / "bad").exists()

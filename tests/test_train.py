@@ -826,3 +826,99 @@ def test_resume_of_a_run_from_before_the_new_settings(tmp_path, data):
     _check_resume(cfg, state, 1)  # accepted
     with pytest.raises(InputError, match="point_single_weight"):
         _check_resume(_cfg(tmp_path / "run", data, point_single_weight=1.0), state, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# SAM's frame (--frame longest): what the predictor and basam evaluate feed the model
+
+
+def _aligned_set(tmp_path, sizes=((150, 200), (210, 120))):
+    """Images whose mask is exactly "red channel > 128", of the given (h, w) sizes."""
+    root = tmp_path / "frame"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(1)
+    for i, (h, w) in enumerate(sizes):
+        m = np.zeros((h, w), bool)
+        m[h // 5: h // 2, w // 4: 3 * w // 4] = True
+        img = np.zeros((h, w, 3), np.uint8)
+        img[..., 0] = np.where(m, 255, 0)
+        img[..., 1] = rng.integers(1, 255, (h, w))
+        img[..., 2] = 200
+        Image.fromarray(img).save(root / "images" / f"f{i}.png")
+        Image.fromarray(m.astype(np.uint8) * 255).save(root / "masks" / f"f{i}.png")
+    return root
+
+
+def test_longest_frame_keeps_the_aspect_pads_and_records_the_valid_size(tmp_path):
+    root = _aligned_set(tmp_path)
+    sets, weights = open_weighted([str(root)])
+    ts = TrainSet(sets, weights, resolution=64, seed=2, prompt="mixed", crop_scale=(1.0, 1.0), frame="longest")
+    seen = set()
+    for p in range(12):
+        s = ts[p]
+        h, w = s["valid"]
+        j = s["index"]
+        H, W = (150, 200) if j == 0 else (210, 120)
+        assert max(h, w) == 64 and abs(h / w - H / W) < 0.05, (h, w)  # whole image, longest side R, aspect kept
+        img, m = s["image"].numpy(), s["mask"].numpy()
+        assert (img[:, h:, :] == 0).all() and (img[:, :, w:] == 0).all()  # padding bottom/right, zeros
+        assert (img[2, :h, :w] > 150).all()  # the image fills the valid part
+        assert not m[h:, :].any() and not m[:, w:].any()
+        edge = ndimage.binary_dilation(m, iterations=2) & ~ndimage.binary_erosion(m, iterations=2)
+        inside = np.zeros_like(m)
+        inside[:h, :w] = True
+        assert ((img[0] > 128) == m)[inside & ~edge].all()  # image and mask still aligned
+        pr = s["prompt"]
+        if pr["coords"] is not None:
+            assert (pr["coords"][:, 0] < w).all() and (pr["coords"][:, 1] < h).all()  # clicks on the image, never the padding
+        seen.add(j)
+        assert torch.equal(ts[p]["image"], s["image"])  # a function of (seed, position)
+    assert seen == {0, 1}
+    batch = __import__("basam.train.data", fromlist=["collate"]).collate([ts[0], ts[1]])
+    assert batch["valid"].shape == (2, 2) and batch["valid"].max() == 64
+    # a crop: smaller area, still longest side R, aspect near the image's (crop_ratio bounds it)
+    crop = TrainSet(sets, weights, resolution=64, seed=2, prompt="point", crop_scale=(0.3, 0.6), frame="longest")
+    for p in range(8):
+        top, left, ch, cw = crop.crop_box(150, 200, p, 0)
+        assert 0.2 <= ch * cw / (150 * 200) <= 0.7 and 0 <= top <= 150 - ch and 0 <= left <= 200 - cw
+        assert 0.7 <= (cw / ch) / (200 / 150) <= 1.45
+        assert max(crop[p]["valid"]) == 64
+    with pytest.raises(Exception, match="frame"):
+        TrainSet(sets, weights, resolution=64, seed=2, frame="letterbox")
+
+
+def test_negative_clicks_stay_on_the_image_not_the_padding():
+    from basam.train.data import sample_prompt
+
+    mask = np.zeros((64, 64), bool)
+    mask[30:40, 2:40] = True  # the object touches the valid part's bottom edge (valid h = 40)
+    for i in range(200):
+        p = sample_prompt(mask, "points:5", np.random.default_rng([9, i]), 0.1, valid=(40, 48))
+        neg = p["coords"][p["labels"] == 0]
+        assert (neg[:, 1] < 40).all() and (neg[:, 0] < 48).all()
+
+
+def test_trainer_zeroes_the_padding_as_preprocess_pads():
+    from basam.train.trainer import TrainModule, padding_keep
+    from basam.train.losses import LossWeights
+
+    keep = padding_keep(torch.tensor([[3, 5], [6, 2]]), (6, 6))
+    assert keep.shape == (2, 1, 6, 6) and keep[0, 0, :3, :5].all() and keep[0].sum() == 15 and keep[1].sum() == 12
+
+    torch.manual_seed(0)
+    sam = create_model("basam_tiny", attention="vanilla", depth=2, embed_dim=32, num_heads=2, global_attn_indexes=[1],
+                       stem=[8, 8, 16, 16]).eval()
+    seen = []
+    orig = sam.encode
+    sam.encode = lambda x: seen.append(x.detach().clone()) or orig(x)
+    module = TrainModule(sam, 64, LossWeights(), None)
+    image = torch.full((1, 3, 64, 64), 77, dtype=torch.uint8)
+    mask = torch.zeros(1, 64, 64, dtype=torch.bool)
+    mask[0, 10:20, 10:20] = True
+    prompt = {"coords": np.array([[15.0, 15.0]], np.float32), "labels": np.ones(1, np.int64), "box": None}
+    module(image, mask, [prompt], torch.tensor([[40, 64]]))
+    x = seen[-1][0]
+    assert (x[:, 40:, :] == 0).all() and (x[:, :40, :] != 0).all()
+    # the same as the predictor's own preprocessing of the 40 x 64 image
+    assert torch.allclose(x, sam.preprocess(image[..., :40, :].float(), 64)[0])

@@ -79,22 +79,52 @@ class EvalSettings:
 
 
 def attention_variant(spec: str, base=None):
-    """``PRESET`` or ``PRESET:DIST`` (e.g. ``basam:euclidean``) -> an AttentionConfig.
+    """``PRESET[:OPTION]...`` -> an AttentionConfig; see :func:`parse_variant` for the options."""
+    return parse_variant(spec, base)[0]
 
-    The preset switches NSF and BM-AM on ``base`` (the loaded model's config, so a fine-tuned
-    model's beta, distance and NSF reading carry over); ``:DIST`` picks the distance.
+
+def parse_variant(spec: str, base=None):
+    """``PRESET[:OPTION]...`` -> (AttentionConfig, whether it sets beta).
+
+    The preset (``vanilla``, ``nsf``, ``basam``) switches NSF and BM-AM on ``base`` (the loaded
+    model's config, so a fine-tuned model's beta, distance and NSF reading carry over). Each option
+    changes one knob: a distance (``manhattan``, ``euclidean``, ``flat``), ``beta=B`` (the slopes
+    become ``B * 2**(-8h/H)``, replacing loaded ones), ``count=row|image`` (how NSF counts N) or
+    ``decoder`` (NSF on the mask decoder's cross-attention too). E.g. ``basam:euclidean:beta=0.3``.
     """
     from dataclasses import replace
 
     from .attention import DISTANCES, PRESETS, AttentionConfig
+    from .attention_config import NSF_COUNTS
 
-    preset, _, dist = spec.partition(":")
+    preset, *options = spec.split(":")
     if preset not in PRESETS:
-        raise InputError(f"unknown attention preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    if dist and dist not in DISTANCES:
-        raise InputError(f"unknown distance {dist!r} in attention variant {spec!r}; choose one of {', '.join(DISTANCES)}")
+        raise InputError(f"unknown attention preset {preset!r} in {spec!r}; choose one of {', '.join(PRESETS)}")
+    changes: dict = {}
+    for opt in options:
+        key, eq, value = opt.partition("=")
+        knob = {"beta": "beta", "count": "nsf_count", "decoder": "decoder_nsf"}.get(key, "dist")
+        if knob in changes:
+            raise InputError(f"attention variant {spec!r} sets {knob} twice")
+        if not eq and key in DISTANCES:
+            changes["dist"] = key
+        elif not eq and key == "decoder":
+            changes["decoder_nsf"] = True
+        elif eq and key == "beta":
+            try:
+                beta = float(value)
+            except ValueError:
+                beta = float("nan")
+            if not (beta >= 0 and beta != float("inf")):
+                raise InputError(f"beta must be a number >= 0 in attention variant {spec!r}, got {value!r}")
+            changes["beta"] = beta
+        elif eq and key == "count" and value in NSF_COUNTS:
+            changes["nsf_count"] = value
+        else:
+            raise InputError(f"unknown option {opt!r} in attention variant {spec!r}; options: a distance "
+                             f"({', '.join(DISTANCES)}), beta=B, count={'|'.join(NSF_COUNTS)}, decoder")
     config = replace(base or AttentionConfig(), **PRESETS[preset])
-    return replace(config, dist=dist) if dist else config
+    return replace(config, **changes), "beta" in changes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,7 +302,8 @@ def run(settings: EvalSettings, out: Path, device: str = "cpu", progress: bool =
     _check_config(out, settings, dist)
     if settings.hq_token_only and not model.is_hq:
         raise InputError(f"--hq-token-only applies to HQ-SAM models (sam_hq_*), not {settings.model}")
-    configs = {p: attention_variant(p, model.attention_config) for p in settings.attention}
+    variants = {p: parse_variant(p, model.attention_config) for p in settings.attention}
+    loaded_slopes = _slopes_snapshot(model)  # a variant without beta= runs with these (fine-tuned or from --beta)
 
     done = read_records(out)
     todo = []  # (dataset, index) for this rank
@@ -308,7 +339,10 @@ def run(settings: EvalSettings, out: Path, device: str = "cpu", progress: bool =
                     if (ds.name, sample.name, r, p) in done:
                         bar.update(1)
                         continue
-                    model.set_attention(configs[p], reset_slopes=False)
+                    config, sets_beta = variants[p]
+                    if not sets_beta:
+                        _restore_slopes(model, loaded_slopes)
+                    model.set_attention(config, reset_slopes=sets_beta)
                     t0 = time.perf_counter()
                     metrics, iou_pred = evaluate_image(predictor, image, gt, prompt, multimask, settings.hq_token_only)
                     writer.write({**base, "resolution": r, "attention": p, "iou_pred": round(iou_pred, 8),
@@ -321,6 +355,24 @@ def run(settings: EvalSettings, out: Path, device: str = "cpu", progress: bool =
     if not dist.main:
         return None
     return write_reports(out, settings, datasets)
+
+
+def _slopes_snapshot(model) -> Dict[str, "object"]:
+    """Copies of every BM-AM slope tensor, by module name."""
+    from .attention import BiasModeMask
+
+    return {n: m.slopes.detach().clone() for n, m in model.named_modules() if isinstance(m, BiasModeMask)}
+
+
+def _restore_slopes(model, snapshot: Dict[str, "object"]) -> None:
+    import torch
+
+    from .attention import BiasModeMask
+
+    with torch.no_grad():
+        for n, m in model.named_modules():
+            if isinstance(m, BiasModeMask) and n in snapshot:
+                m.slopes.copy_(snapshot[n])
 
 
 def _check_config(out: Path, settings: EvalSettings, dist: Dist) -> None:
@@ -442,15 +494,17 @@ def paired_differences(groups: Dict[tuple, list], name: str, settings: EvalSetti
     return out
 
 
-def paired_between_runs(run: Path, reference: Path) -> List[dict]:
+def paired_between_runs(run: Path, reference: Path, reference_attention: Optional[str] = None) -> List[dict]:
     """Paired differences between two ``basam evaluate`` folders (two models, e.g. HQ fusion modes
     or a fine-tuned model against its start) on the images both scored with the same dataset,
     preset and resolution: ``run`` minus ``reference``, per metric of :data:`PAIRED_METRICS`, with
     the 95 % bootstrap interval of :func:`basam.stats.paired_bootstrap`. The prompts must be the
     same: folders whose prompt rule, seed or multimask setting differ raise :class:`InputError`.
+    ``reference_attention``: compare every preset of ``run`` with this one preset of the
+    reference (a fine-tuned model's ``basam`` against the untuned model's ``vanilla``).
 
     Returns one entry per (dataset, attention, resolution): ``{dataset, attention, resolution,
-    n_images, <metric>: {mean, low, high, ci, n}}``.
+    vs_attention, n_images, <metric>: {mean, low, high, ci, n}}``.
     """
     from .stats import paired_bootstrap
 
@@ -478,12 +532,16 @@ def paired_between_runs(run: Path, reference: Path) -> List[dict]:
         bad = ", ".join(f"{k} {pa[k]!r} vs {pb[k]!r}" for k in pa if pa[k] != pb[k])
         raise InputError(f"{run} and {reference} were prompted differently ({bad}); pairs need the same prompts")
     result: List[dict] = []
-    for key in sorted(set(a) & set(b)):
-        common = sorted(set(a[key]) & set(b[key]))
-        entry = {"dataset": key[0], "attention": key[1], "resolution": key[2], "n_images": len(common)}
+    for key in sorted(a):
+        ref_key = key if reference_attention is None else (key[0], reference_attention, key[2])
+        if ref_key not in b:
+            continue
+        common = sorted(set(a[key]) & set(b[ref_key]))
+        entry = {"dataset": key[0], "attention": key[1], "resolution": key[2], "vs_attention": ref_key[1],
+                 "n_images": len(common)}
         for m in PAIRED_METRICS:
             va = np.array([float(a[key][i][m]) for i in common], dtype=np.float64)
-            vb = np.array([float(b[key][i][m]) for i in common], dtype=np.float64)
+            vb = np.array([float(b[ref_key][i][m]) for i in common], dtype=np.float64)
             ok = np.isfinite(va) & np.isfinite(vb)
             if ok.sum() >= 2:
                 entry[m] = paired_bootstrap(va[ok], vb[ok], n=BOOTSTRAP_RESAMPLES, seed=0).as_dict()

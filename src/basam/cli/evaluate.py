@@ -24,7 +24,7 @@ DESCRIPTION = (
 
 
 def parse_attention_variant(value: str) -> str:
-    """``PRESET`` or ``PRESET:DIST`` (checked by :func:`basam.evaluate.attention_variant`)."""
+    """``PRESET[:OPTION]...`` (checked by :func:`basam.evaluate.parse_variant`)."""
     from ..evaluate import attention_variant
 
     try:
@@ -51,9 +51,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_model_options(p, checkpoint_help="weights file; default: the official download", hq_fusion=True)
     p.add_argument("--resolutions", metavar="R", type=parse_resolution, nargs="+", default=[1024],
                    help="working resolutions; Δdiff is reported against the first (default: 1024)")
-    p.add_argument("--attention", metavar="PRESET[:DIST]", type=parse_attention_variant, nargs="+", default=["vanilla", "nsf", "basam"],
-                   help="attention variants to compare: vanilla, nsf, basam, or basam:euclidean style to pick the BM-AM "
-                        "distance per variant (default: vanilla nsf basam)")
+    p.add_argument("--attention", metavar="PRESET[:OPT]", type=parse_attention_variant, nargs="+", default=["vanilla", "nsf", "basam"],
+                   help="attention variants to compare (default: vanilla nsf basam): a preset, with options after colons "
+                        "that change one knob each: a distance (basam:euclidean), beta=B (basam:beta=0.3), "
+                        "count=row|image (nsf:count=image) or decoder (NSF on the decoder too: basam:decoder); "
+                        "each is compared image by image with the first")
     add_attention_options(p, attention=False, nsf_options=True)
     p.add_argument("--prompt", choices=("point", "center", "box", "box+point"), default="point",
                    help="point: one seeded random foreground pixel (the paper's); center: the interior point farthest "

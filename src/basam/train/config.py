@@ -60,6 +60,7 @@ class TrainConfig:
     data: List[str] = field(default_factory=list)
     val_data: List[str] = field(default_factory=list)
     resolution: int = 1024
+    frame: str = "square"
     crop_scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
     crop_ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     hflip: float = 0.5
@@ -110,7 +111,7 @@ class TrainConfig:
 #: may everything about validation, logging, saving and the machine.
 RUN_DEFINING = (
     "model", "checkpoint", "architecture", "attention", "beta", "dist", "nsf_count", "decoder_nsf", "hq_fusion", "train",
-    "data", "resolution", "crop_scale", "crop_ratio", "hflip", "color_jitter", "prompt", "box_noise", "point_single_weight", "cache_side", "seed", "batch_size", "grad_accum",
+    "data", "resolution", "frame", "crop_scale", "crop_ratio", "hflip", "color_jitter", "prompt", "box_noise", "point_single_weight", "cache_side", "seed", "batch_size", "grad_accum",
     "lr", "min_lr", "warmup", "weight_decay", "betas", "grad_clip", "bce_weight", "dice_weight", "iou_weight", "precision",
 )
 
@@ -297,8 +298,12 @@ OPTIONS: Tuple[Option, ...] = (
     Option("val_data", _str_list, "validation set PATH[:LAYOUT][:split=test]; repeatable; metrics reported per dataset",
            "PATH[:LAYOUT]", "data", "append"),
     Option("resolution", _resolution, "training resolution R: the crop is resized to R x R (default 1024)", "R", "data"),
-    Option("crop_scale", _float_list(2), "RandomResizedCrop area range (default 0.5,1.0)", "LO,HI", "data"),
-    Option("crop_ratio", _float_list(2), "RandomResizedCrop aspect range (default 0.75,1.333)", "LO,HI", "data"),
+    Option("frame", _choice(("square", "longest")), "square: the crop is resized to R x R (default); longest: SAM's frame, "
+           "the crop's longest side resized to R with its aspect kept and zero padding to R x R, as the predictor and "
+           "basam evaluate feed the model", "FRAME", "data"),
+    Option("crop_scale", _float_list(2), "crop area range, a fraction of the image (default 0.5,1.0; 1,1: the whole image)", "LO,HI", "data"),
+    Option("crop_ratio", _float_list(2), "crop aspect range: w/h with --frame square, a factor on the image's own w/h with "
+           "--frame longest (default 0.75,1.333)", "LO,HI", "data"),
     Option("hflip", _float, "probability of a horizontal flip (default 0.5)", "P", "data"),
     Option("color_jitter", _nonneg(_float), "photometric augmentation of the image (not the mask): brightness, contrast "
            "and saturation by up to this fraction, hue by a quarter of it (default 0: off)", "S", "data"),

@@ -89,7 +89,10 @@ class TrainModule(nn.Module):
         for k in sums:
             sums[k] = sums[k] + parts[k].sum()
 
-    def forward(self, images: Tensor, masks: Tensor, prompts: Sequence[dict]) -> Dict[str, Tensor]:
+    def forward(self, images: Tensor, masks: Tensor, prompts: Sequence[dict], valid: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """``images`` (B, 3, R, R) uint8-valued, ``masks`` (B, R, R) bool, one prompt dict per
+        sample, ``valid`` (B, 2) the (h, w) of each image's top-left part that is image (the rest
+        is padding, zeroed after normalisation as :meth:`basam.Sam.preprocess` pads); None: all."""
         from .data import corrective_point
 
         sam = self.sam
@@ -97,6 +100,8 @@ class TrainModule(nn.Module):
         R = self.resolution
         S = sam.padded_size(R)
         x = sam.preprocess(images.float(), R)
+        if valid is not None:
+            x = x * padding_keep(valid.to(device), x.shape[-2:])
         encoder_frozen = not any(p.requires_grad for p in sam.image_encoder.parameters())
         with self._autocast(device), (torch.no_grad() if encoder_frozen else contextlib.nullcontext()):
             feats = sam.encode(x)
@@ -166,6 +171,13 @@ class TrainModule(nn.Module):
             for k in out:
                 out[k].append(parts[k])
         return {k: torch.cat(v) for k, v in out.items()}
+
+
+def padding_keep(valid: Tensor, size: Tuple[int, int]) -> Tensor:
+    """(B, 1, H, W) float: 1 inside each sample's valid (h, w) top-left part, 0 in the padding."""
+    rows = torch.arange(size[0], device=valid.device)[None, :, None] < valid[:, 0, None, None]
+    cols = torch.arange(size[1], device=valid.device)[None, None, :] < valid[:, 1, None, None]
+    return (rows & cols)[:, None].float()
 
 
 def _stack_prompts(prompts: Sequence[dict], idx: List[int], n_points: int, has_box: bool, device: torch.device):
@@ -570,7 +582,7 @@ class _Training:
         self.val_sets = _open_val_sets(cfg.val_data)
         self.trainset = TrainSet(datasets, weights, resolution=cfg.resolution, seed=cfg.seed, prompt=cfg.prompt,
                                  crop_scale=cfg.crop_scale, crop_ratio=cfg.crop_ratio, hflip=cfg.hflip, color_jitter=cfg.color_jitter, box_noise=cfg.box_noise,
-                                 cache_dir=cfg.cache_dir, cache_side=cfg.cache_side)
+                                 cache_dir=cfg.cache_dir, cache_side=cfg.cache_side, frame=cfg.frame)
 
         # 3. Model: random init (seeded), initial weights, or the checkpoint resumed.
         torch.manual_seed(cfg.seed)
@@ -694,7 +706,7 @@ class _Training:
             sync = contextlib.nullcontext() if (dist.world == 1 or m == cfg.grad_accum - 1) else ddp.no_sync()
             with sync:
                 sums = ddp(batch["image"].to(self.device, non_blocking=True), batch["mask"].to(self.device, non_blocking=True),
-                           batch["prompts"])
+                           batch["prompts"], batch["valid"].to(self.device, non_blocking=True))
                 (sums["loss"] / (cfg.batch_size * cfg.grad_accum)).backward()
             for k in ("loss", "bce", "dice", "iou_mse"):
                 local[k] += float(sums[k].detach())
