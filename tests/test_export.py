@@ -8,6 +8,7 @@ input / output names, dtypes and shapes, and the same outputs on the same inputs
 export on basam_tiny's trained weights with a real image: its error is printed and bounded loosely.
 """
 
+import json
 import warnings
 
 import numpy as np
@@ -212,6 +213,28 @@ def test_export_matches_torch(tmp_path, name, resolution, preset, options, shape
     hq = name.startswith("sam_hq")
     kw = dict(hq=True, multimask=(True,), hq_token_only=True) if hq else {}
     _check_predictor(tmp_path, model, resolution, _image(4, *shape), **kw)
+
+
+@pytest.mark.parametrize("hq", [False, True])
+def test_export_of_a_vit_with_a_detail_branch_matches_torch(tmp_path, hq):
+    """basam_tiny's detail branch: the encoder graph also gives the stride-4 / stride-8 maps, the
+    decoder graph reads them (after HQ's interm_embeddings), and OnnxPredictor feeds them."""
+    arch = dict(depth=2, embed_dim=32, num_heads=2, global_attn_indexes=[1], window_size=4, detail=[8, 16, 24])
+    model = basam.create_model("basam_tiny", attention="basam", hq=hq, **arch)
+    oracles.randomize(model, seed=4).eval()
+    options = dict(hq_token_only=True, multimask_output=True) if hq else {}
+    paths = export_onnx(model, tmp_path, 320, **options)
+    _check_graphs(paths, 320)
+    meta = json.loads(paths["metadata"].read_text())
+    assert meta["high_res"] is True
+    enc, dec = _session(paths["encoder"]), _session(paths["decoder"])
+    assert [o.name for o in enc.get_outputs()][-2:] == ["high_res_feats_0", "high_res_feats_1"]
+    assert [o.shape for o in enc.get_outputs()][-2:] == [[1, 16, 80, 80], [1, 24, 40, 40]]
+    names = [i.name for i in dec.get_inputs()]
+    assert names[: 4 if hq else 3] == ["image_embeddings"] + (["interm_embeddings"] if hq else []) + ["high_res_feats_0", "high_res_feats_1"]
+    kw = dict(hq=True, multimask=(True,), hq_token_only=True) if hq else {}
+    ours = _check_predictor(tmp_path, model, 320, _image(6, 240, 320), **kw)
+    assert ours.high_res_features[0].shape == (1, 16, 80, 80)
 
 
 def test_return_single_mask_follows_the_official_rule(tmp_path):

@@ -196,3 +196,32 @@ def test_tinyvit_attention_folds_bmam_into_dense_bias(dist):
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert g1[0].abs().sum() > 0
+
+
+def test_conv_stem_replaces_the_patch_projection_at_any_resolution(tmp_path):
+    from basam.checkpoint import save_model
+    from basam.models.image_encoder import ConvStem, PatchEmbed
+
+    arch = dict(depth=2, embed_dim=32, num_heads=2, global_attn_indexes=[1], window_size=4)
+    plain = create_model("basam_tiny", **arch)
+    stem = create_model("basam_tiny", stem=[8, 8, 16, 16], **arch)
+    assert isinstance(plain.image_encoder.patch_embed, PatchEmbed) and isinstance(stem.image_encoder.patch_embed, ConvStem)
+    names = {k for k in stem.state_dict() if k.startswith("image_encoder.patch_embed.")}
+    assert "image_encoder.patch_embed.proj.weight" in names and "image_encoder.patch_embed.stem.0.weight" in names
+    assert {k for k in plain.state_dict() if k.startswith("image_encoder.patch_embed.")} == {
+        "image_encoder.patch_embed.proj.weight", "image_encoder.patch_embed.proj.bias"}  # SAM's names untouched
+    for side in (64, 96, 160):
+        emb, _ = stem.image_encoder(torch.randn(1, 3, side, side))
+        assert emb.shape == (1, 128, side // 16, side // 16)
+    # every pixel of a 16 x 16 patch and its neighbours reach the token (overlapping 3x3 convs)
+    x = torch.zeros(1, 3, 64, 64, requires_grad=True)
+    stem.image_encoder.patch_embed(x)[0, 1, 1].sum().backward()
+    reach = x.grad.abs().sum((0, 1)) > 0
+    assert reach[16:32, 16:32].all() and reach[15, 16:32].any()
+    with pytest.raises(ValueError, match="stride-2 stages"):
+        create_model("basam_tiny", stem=[8, 8, 16], **arch)
+    # the architecture travels in the file: the model loads back with its stem, strictly
+    path = tmp_path / "stem.safetensors"
+    save_model(stem, path, metadata={"architecture": __import__("json").dumps({**arch, "stem": [8, 8, 16, 16]})})
+    again = basam.load_model("basam_tiny", checkpoint=path)
+    assert torch.equal(again.image_encoder.patch_embed.stem[0].weight, stem.image_encoder.patch_embed.stem[0].weight)

@@ -10,7 +10,10 @@ runs once per image, the light prompt decoder once per click.
     (S = ``model.padded_size(resolution)``) are in the graph.
     outputs ``image_embeddings``: (1, C, S/16, S/16); HQ-SAM models also ``interm_embeddings``:
     (1, 1, S/16, S/16, C_vit), the early ViT feature HQ-SAM fuses (only the first one: it is the only
-    one the HQ decoder reads, and all of them would cost 4x the memory of the embedding itself).
+    one the HQ decoder reads, and all of them would cost 4x the memory of the embedding itself);
+    a ViT with a detail branch (basam_tiny) then also ``high_res_feats_0`` (1, c4, S/4, S/4) and
+    ``high_res_feats_1`` (1, c8, S/8, S/8), the branch's maps, projected in the decoder
+    (``"high_res": true`` in ``basam_onnx.json``).
     Everything that depends on the resolution only is a constant of the graph: the NSF scale of every
     layer, the relative-position tables resized to the grid, the BM-AM distance bias, the resampled
     absolute position embedding, TinyViT's bias tables and folded BatchNorms. Attention is exported
@@ -28,6 +31,8 @@ runs once per image, the light prompt decoder once per click.
     * ``image_embeddings`` (1, C, h, w): the encoder's output (h = w = S/16, fixed at export);
     * ``interm_embeddings`` (K, 1, h, w, C_vit): HQ-SAM only, only [0] is read (K dynamic, so
       the official K = 4 stack works as well as the encoder's single one);
+    * ``high_res_feats_0``, ``high_res_feats_1``: a detail branch's maps, as the encoder gives them
+      (models with one only);
     * ``point_coords`` (1, N, 2): x, y in the resized-longest-side frame, N dynamic;
     * ``point_labels`` (1, N): 1 foreground, 0 background, 2 / 3 box corners, -1 the padding point
       that goes with clicks given without a box;
@@ -133,6 +138,7 @@ class EncoderForExport(nn.Module):
         self.is_hq = bool(model.is_hq)
 
     def forward(self, image: Tensor):
+        """image_embeddings[, interm_embeddings][, high_res_feats_0, high_res_feats_1]"""
         x = (image - self.pixel_mean) / self.pixel_std
         s = self.side
         # Zero padding after normalising, as Sam.preprocess does: pad by the full side, then crop
@@ -140,10 +146,11 @@ class EncoderForExport(nn.Module):
         # to constant sizes gives every later layer a static input shape, so that all their shape
         # arithmetic and resolution-only tables fold into constants.
         x = F.pad(x, (0, s, 0, s))[:, :, :s, :s].reshape(1, 3, s, s)
-        emb, interm = self.image_encoder(x)
-        if self.is_hq:
-            return emb, interm[0].unsqueeze(0)
-        return emb
+        out = self.image_encoder(x)
+        emb, interm = out[0], out[1]
+        fine = list(out[2]) if len(out) > 2 else []
+        outs = [emb] + ([interm[0].unsqueeze(0)] if self.is_hq else []) + fine
+        return outs[0] if len(outs) == 1 else tuple(outs)
 
 
 class DecoderForExport(nn.Module):
@@ -208,15 +215,15 @@ class DecoderForExport(nn.Module):
         return F.interpolate(masks, size=(orig[0], orig[1]), mode="bilinear", align_corners=False)
 
     def _decode(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input, orig_im_size,
-                interm_embeddings=None):
+                interm_embeddings=None, high_res=None):
         sparse = self._embed_points(point_coords, point_labels)
         dense = self._embed_masks(mask_input, has_mask_input)
         if self.is_hq:
             masks, iou = self.mask_decoder(image_embeddings, self.image_pe, sparse, dense,
                                            multimask_output=self.multimask_output, hq_token_only=self.hq_token_only,
-                                           interm_embeddings=[interm_embeddings[0]])
+                                           interm_embeddings=[interm_embeddings[0]], high_res_features=high_res)
         else:
-            masks, iou = self.mask_decoder.predict_masks(image_embeddings, self.image_pe, sparse, dense)
+            masks, iou = self.mask_decoder.predict_masks(image_embeddings, self.image_pe, sparse, dense, high_res)
             if self.return_single_mask:
                 masks, iou = self._select_single(masks, iou, point_coords.shape[1])
         return self._postprocess(masks, orig_im_size), iou, masks
@@ -231,6 +238,19 @@ class HQDecoderForExport(DecoderForExport):
     def forward(self, image_embeddings, interm_embeddings, point_coords, point_labels, mask_input, has_mask_input, orig_im_size):
         return self._decode(image_embeddings, point_coords, point_labels, mask_input, has_mask_input, orig_im_size,
                             interm_embeddings=interm_embeddings)
+
+
+class HighResDecoderForExport(DecoderForExport):
+    """A decoder that reads a detail branch's maps: inputs ``image_embeddings``, [``interm_embeddings``
+    (HQ),] ``high_res_feats_0``, ``high_res_feats_1``, then the prompt inputs."""
+
+    def forward(self, image_embeddings, *rest):
+        interm = None
+        if self.is_hq:
+            interm, rest = rest[0], rest[1:]
+        hr0, hr1, point_coords, point_labels, mask_input, has_mask_input, orig_im_size = rest
+        return self._decode(image_embeddings, point_coords, point_labels, mask_input, has_mask_input, orig_im_size,
+                            interm_embeddings=interm, high_res=[hr0, hr1])
 
 
 class Sam2EncoderForExport(nn.Module):
@@ -631,37 +651,37 @@ def _export_staged(model: nn.Module, out: Path, resolution: int, *, opset: int, 
     # A resized image of the usual 4:3 shape (not square) so that the padding path is traced.
     g = torch.Generator().manual_seed(0)  # tracing inputs; the caller's RNG state stays untouched
     dummy = torch.rand(1, 3, resolution, max(16, resolution * 3 // 4), generator=g) * 255
+    high_res = bool(getattr(m.mask_decoder, "uses_high_res", False))
     with torch.no_grad():
         enc_out = encoder(dummy)
-    emb = enc_out[0] if m.is_hq else enc_out
+    enc_out = enc_out if isinstance(enc_out, tuple) else (enc_out,)
+    enc_outputs = ["image_embeddings"] + (["interm_embeddings"] if m.is_hq else []) \
+        + (["high_res_feats_0", "high_res_feats_1"] if high_res else [])
+    enc_shapes = {name: tuple(t.shape) for name, t in zip(enc_outputs, enc_out)}
+    emb = enc_out[0]
     grid = tuple(emb.shape[-2:])
-    enc_outputs = ["image_embeddings", "interm_embeddings"] if m.is_hq else ["image_embeddings"]
     paths = {"encoder": out / ENCODER_FILE, "decoder": out / DECODER_FILE, "metadata": out / METADATA_FILE}
     _onnx_export(encoder, (dummy,), paths["encoder"], ["image"], enc_outputs,
                  {"image": {2: "height", 3: "width"}}, opset)
 
-    cls = HQDecoderForExport if m.is_hq else DecoderForExport
+    cls = HighResDecoderForExport if high_res else HQDecoderForExport if m.is_hq else DecoderForExport
     decoder = cls(m, resolution, grid, return_single_mask=return_single_mask, multimask_output=multimask_output,
                   hq_token_only=hq_token_only).eval()
-    inputs = {"image_embeddings": torch.randn(emb.shape, generator=g), **_prompt_inputs(g, resolution, grid)}
-    if m.is_hq:
-        inputs = {"image_embeddings": inputs.pop("image_embeddings"), "interm_embeddings": torch.randn(enc_out[1].shape, generator=g),
-                  **inputs}
+    # the encoder's outputs in its order (decoder input names = encoder output names), then the prompts
+    inputs = {name: torch.randn(shape, generator=g) for name, shape in enc_shapes.items()}
+    inputs.update(_prompt_inputs(g, resolution, grid))
     dynamic = dict(DECODER_DYNAMIC_AXES)
     if m.is_hq:
         dynamic["interm_embeddings"] = {0: "num_interm"}
     _onnx_export(decoder, tuple(inputs.values()), paths["decoder"], list(inputs),
                  ["masks", "iou_predictions", "low_res_masks"], dynamic, opset)
 
-    enc_shapes = {"image_embeddings": tuple(emb.shape)}
-    if m.is_hq:
-        enc_shapes["interm_embeddings"] = tuple(enc_out[1].shape)
     n_masks = 1 if (m.is_hq or return_single_mask) else m.mask_decoder.num_mask_tokens
     dec_shapes = {"masks": (1, n_masks, "orig_height", "orig_width"), "iou_predictions": (1, n_masks),
                   "low_res_masks": (1, n_masks, 4 * grid[0], 4 * grid[1])}
     return _write_metadata(model, m, out, paths, resolution, side, grid, opset, enc_shapes, dec_shapes, quantize,
                            return_single_mask=return_single_mask, hq_token_only=hq_token_only,
-                           multimask_output=multimask_output, extra={"family": "sam"})
+                           multimask_output=multimask_output, extra={"family": "sam", "high_res": high_res})
 
 
 def _export_sam2_graphs(m: nn.Module, out: Path, resolution: int, opset: int, return_single_mask: bool):

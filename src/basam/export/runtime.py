@@ -82,6 +82,8 @@ class OnnxPredictor:
         # exports written before SAM 2 support record no family: they are SAM / MobileSAM / HQ-SAM
         self.family = self.meta.get("family", "sam")
         self.is_sam2 = self.family == "sam2"
+        # the encoder ends with the stride-4 / stride-8 maps (SAM 2; a ViT with a detail branch)
+        self.has_high_res = self.is_sam2 or bool(self.meta.get("high_res", False))
         self.mask_threshold = float(self.meta.get("mask_threshold", 0.0))
         self.image_format = self.meta.get("image_format", "RGB")
         self.grid = tuple(self.meta["grid"])
@@ -117,7 +119,7 @@ class OnnxPredictor:
         outs = self.encoder.run(None, {"image": x})
         self.features = outs[0]
         self.interm_features = outs[1] if self.is_hq else None
-        self.high_res_features = (outs[1], outs[2]) if self.is_sam2 else None
+        self.high_res_features = (outs[-2], outs[-1]) if self.has_high_res else None
         self.original_size = tuple(int(s) for s in image.shape[:2])
         self.is_image_set = True
 
@@ -216,9 +218,8 @@ class OnnxPredictor:
         }
         if self.is_hq:
             feed["interm_embeddings"] = self.interm_features
-        if self.is_sam2:  # the graph's input order: image_embeddings, high_res_feats_0, high_res_feats_1, ...
-            feed = {"image_embeddings": feed.pop("image_embeddings"), "high_res_feats_0": self.high_res_features[0],
-                    "high_res_feats_1": self.high_res_features[1], **feed}
+        if self.has_high_res:
+            feed["high_res_feats_0"], feed["high_res_feats_1"] = self.high_res_features
         return feed
 
     def predict(

@@ -30,6 +30,15 @@ class ViTConfig:
     window_size: int = 14
     patch_size: int = 16
     mlp_ratio: float = 4.0
+    #: channels of a convolutional stem that replaces the patch projection: log2(patch_size)
+    #: stride-2 3x3 convolutions (LayerNorm2d + GELU after each), then a 1x1 projection to
+    #: ``embed_dim``. Empty (SAM): one patch_size x patch_size convolution. Convolutions give a
+    #: small ViT trained from scratch the locality prior it otherwise has to learn from data.
+    stem: Tuple[int, ...] = ()
+    #: channels (c2, c4, c8) of a detail branch: three stride-2 3x3 convolutions on the pixels
+    #: whose stride-4 and stride-8 maps go to the mask decoder as high-resolution features (as SAM 2's
+    #: backbone maps do), so that mask edges can follow the image, not the 16 px token grid. Empty (SAM): none.
+    detail: Tuple[int, ...] = ()
 
 
 class ImageEncoderViT(ImageEncoder):
@@ -57,6 +66,8 @@ class ImageEncoderViT(ImageEncoder):
         window_size: int = 14,
         global_attn_indexes: Tuple[int, ...] = (2, 5, 8, 11),
         attention: Optional[AttentionConfig] = None,
+        stem: Tuple[int, ...] = (),
+        detail: Tuple[int, ...] = (),
     ) -> None:
         super().__init__()
         self.img_size = img_size
@@ -65,7 +76,10 @@ class ImageEncoderViT(ImageEncoder):
         self.embed_dim = embed_dim
         self.interm_dim = embed_dim
         self.global_attn_indexes = tuple(global_attn_indexes)
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.patch_embed = ConvStem(patch_size, in_chans, embed_dim, stem) if stem else PatchEmbed(patch_size, in_chans, embed_dim)
+        self.detail: Optional[DetailBranch] = DetailBranch(in_chans, tuple(detail)) if detail else None
+        #: channels of the (stride-4, stride-8) maps in ``multiscale`` (None: the encoder gives none)
+        self.multiscale_channels: Optional[Tuple[int, int]] = self.detail.channels if self.detail is not None else None
         grid = img_size // patch_size
         self.pos_embed: Optional[nn.Parameter] = None
         if use_abs_pos:
@@ -110,7 +124,9 @@ class ImageEncoderViT(ImageEncoder):
         out = torch.einsum("xw,bywc->byxc", wx, out)
         return out.to(pos.dtype)
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, List[Tensor]]:
+    def forward(self, x: Tensor):
+        """(embeddings, interm), or (embeddings, interm, [stride-4 map, stride-8 map]) with a detail branch."""
+        fine = self.detail(x) if self.detail is not None else None
         x = self.patch_embed(x)  # (B, gh, gw, C)
         if self.pos_embed is not None:
             x = x + self.resampled_pos_embed(tuple(x.shape[1:3]))
@@ -120,7 +136,8 @@ class ImageEncoderViT(ImageEncoder):
                 x = blk(x)
                 if blk.window_size == 0:
                     interm.append(x)
-        return self.neck(x.permute(0, 3, 1, 2)), interm
+        emb = self.neck(x.permute(0, 3, 1, 2))
+        return (emb, interm) if fine is None else (emb, interm, fine)
 
 
 class Block(nn.Module):
@@ -292,11 +309,63 @@ class PatchEmbed(nn.Module):
         return self.proj(x).permute(0, 2, 3, 1)
 
 
+class ConvStem(nn.Module):
+    """Convolutional patch embedding: (B, 3, H, W) -> (B, H/p, W/p, C), H and W multiples of p.
+
+    ``len(channels)`` = log2(p) stride-2 3x3 convolutions, each followed by LayerNorm2d and GELU
+    (LayerNorm, not BatchNorm: the statistics must not drift while a fine-tuning run keeps the
+    encoder frozen in train mode), then a 1x1 projection to ``embed_dim``.
+    """
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, channels: Tuple[int, ...]) -> None:
+        super().__init__()
+        if 2 ** len(channels) != patch_size:
+            raise ValueError(f"a conv stem of {len(channels)} stride-2 stages downsamples {2 ** len(channels)}x, "
+                             f"not the patch size {patch_size}")
+        layers: List[nn.Module] = []
+        c_in = in_chans
+        for c in channels:
+            layers += [nn.Conv2d(c_in, c, kernel_size=3, stride=2, padding=1, bias=False), LayerNorm2d(c), nn.GELU()]
+            c_in = c
+        self.stem = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(c_in, embed_dim, kernel_size=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.stem(x)).permute(0, 2, 3, 1)
+
+
+class DetailBranch(nn.Module):
+    """Pixels -> high-resolution maps for the mask decoder: (B, 3, H, W) -> [(B, c4, H/4, W/4), (B, c8, H/8, W/8)].
+
+    Three stride-2 3x3 convolutions (c2, c4, c8 channels), LayerNorm2d + GELU after each; the
+    stride-4 and stride-8 outputs are kept. Cheap (about 45 M multiply-adds at 256 px) and local:
+    it carries edges and colours at the resolution the masks are predicted at.
+    """
+
+    def __init__(self, in_chans: int, channels: Tuple[int, ...]) -> None:
+        super().__init__()
+        if len(channels) != 3:
+            raise ValueError(f"a detail branch has three stages (stride 2, 4, 8), got channels {channels}")
+        stages = []
+        c_in = in_chans
+        for c in channels:
+            stages.append(nn.Sequential(nn.Conv2d(c_in, c, kernel_size=3, stride=2, padding=1, bias=False), LayerNorm2d(c), nn.GELU()))
+            c_in = c
+        self.stages = nn.ModuleList(stages)
+        self.channels = (channels[1], channels[2])
+
+    def forward(self, x: Tensor) -> List[Tensor]:
+        s2 = self.stages[0](x)
+        s4 = self.stages[1](s2)
+        return [s4, self.stages[2](s4)]
+
+
 def build_vit_encoder(cfg: ViTConfig, *, img_size: int, out_chans: int, attention: Optional[AttentionConfig]) -> ImageEncoderViT:
     return ImageEncoderViT(
         img_size=img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
         mlp_ratio=cfg.mlp_ratio, out_chans=out_chans, norm_layer=partial(nn.LayerNorm, eps=1e-6), use_rel_pos=True,
-        window_size=cfg.window_size, global_attn_indexes=cfg.global_attn_indexes, attention=attention,
+        window_size=cfg.window_size, global_attn_indexes=cfg.global_attn_indexes, attention=attention, stem=tuple(cfg.stem),
+        detail=tuple(cfg.detail),
     )
 
 

@@ -25,9 +25,10 @@ class MaskDecoderHQ(MaskDecoder):
 
     def __init__(self, *, transformer_dim: int, transformer: nn.Module, num_multimask_outputs: int = 3,
                  activation: Type[nn.Module] = nn.GELU, iou_head_depth: int = 3, iou_head_hidden_dim: int = 256,
-                 vit_dim: int = 1024, hq_fusion: str = "add") -> None:
+                 vit_dim: int = 1024, hq_fusion: str = "add", high_res_channels: Optional[Tuple[int, int]] = None) -> None:
         super().__init__(transformer_dim=transformer_dim, transformer=transformer, num_multimask_outputs=num_multimask_outputs,
-                         activation=activation, iou_head_depth=iou_head_depth, iou_head_hidden_dim=iou_head_hidden_dim)
+                         activation=activation, iou_head_depth=iou_head_depth, iou_head_hidden_dim=iou_head_hidden_dim,
+                         high_res_channels=high_res_channels)
         self.hf_token = nn.Embedding(1, transformer_dim)
         self.hf_mlp = MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
         self.compress_vit_feat = nn.Sequential(
@@ -66,7 +67,7 @@ class MaskDecoderHQ(MaskDecoder):
 
     def forward(self, image_embeddings: Tensor, image_pe: Tensor, sparse_prompt_embeddings: Tensor,
                 dense_prompt_embeddings: Tensor, multimask_output: bool, hq_token_only: Optional[bool] = None,
-                interm_embeddings: Optional[List[Tensor]] = None) -> Tuple[Tensor, Tensor]:
+                interm_embeddings: Optional[List[Tensor]] = None, high_res_features: Optional[List[Tensor]] = None) -> Tuple[Tensor, Tensor]:
         """Masks (B, 1, 4h, 4w) and IoU predictions (B, 1), as the official HQ-SAM returns them.
 
         ``hq_token_only``: None follows ``hq_fusion``; True / False force the official
@@ -80,7 +81,7 @@ class MaskDecoderHQ(MaskDecoder):
         n_sam = self.num_mask_tokens  # SAM's own mask tokens; the HQ token follows them
         iou_pred = self.iou_prediction_head(hs[:, 0, :])
         mask_tokens_out = hs[:, 1 : 2 + n_sam, :]
-        upscaled_sam = self.output_upscaling(src)
+        upscaled_sam = self.upscale(src, high_res_features)
         upscaled_hq = self.embedding_maskfeature(upscaled_sam) + match_batch(hq_feat, b)
         hyper_sam = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
         hyper_hq = self.hf_mlp(mask_tokens_out[:, n_sam, :]).unsqueeze(1)

@@ -299,7 +299,7 @@ def build_sam(spec: ModelSpec, attention: Optional[AttentionConfig] = None, hq_f
                                                     attention=attention)
     transformer = TwoWayTransformer(depth=d.depth, embedding_dim=d.transformer_dim, num_heads=d.num_heads, mlp_dim=d.mlp_dim)
     common = dict(transformer_dim=d.transformer_dim, transformer=transformer, num_multimask_outputs=3, iou_head_depth=3,
-                  iou_head_hidden_dim=d.iou_head_hidden_dim)
+                  iou_head_hidden_dim=d.iou_head_hidden_dim, high_res_channels=getattr(encoder, "multiscale_channels", None))
     decoder = MaskDecoderHQ(vit_dim=encoder.interm_dim, hq_fusion=hq_fusion, **common) if spec.hq else MaskDecoder(**common)
     sam = Sam(encoder, PromptEncoder(embed_dim=d.transformer_dim, mask_in_chans=d.mask_in_chans), decoder, name=spec.name)
     sam.spec = spec

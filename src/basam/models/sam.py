@@ -116,7 +116,8 @@ class Sam(ConfiguresAttention, nn.Module):
             raise InputError("decode_all_tokens: HQ-SAM's decoder returns one fused mask, not every token's")
         points = (point_coords, point_labels) if point_coords is not None else None
         sparse, dense = self.prompt_encoder(points, boxes, mask_inputs, input_size=features.input_size, grid=features.grid)
-        return self.mask_decoder.predict_masks(features.embeddings, self.prompt_encoder.get_dense_pe(features.grid), sparse, dense)
+        return self.mask_decoder.predict_masks(features.embeddings, self.prompt_encoder.get_dense_pe(features.grid), sparse, dense,
+                                               **self._high_res(features))
 
     def decode(self, features: ImageFeatures, point_coords: Optional[Tensor] = None, point_labels: Optional[Tensor] = None,
                boxes: Optional[Tensor] = None, mask_inputs: Optional[Tensor] = None, multimask_output: bool = True,
@@ -133,6 +134,7 @@ class Sam(ConfiguresAttention, nn.Module):
             raise InputError(f"hq_token_only applies to HQ-SAM models (sam_hq_*), not {self.name}")
         if self.is_hq:
             kwargs = dict(hq_token_only=hq_token_only, interm_embeddings=features.interm)
+        kwargs.update(self._high_res(features))
         return self.mask_decoder(
             image_embeddings=features.embeddings,
             image_pe=self.prompt_encoder.get_dense_pe(features.grid),
@@ -141,6 +143,10 @@ class Sam(ConfiguresAttention, nn.Module):
             multimask_output=multimask_output,
             **kwargs,
         )
+
+    def _high_res(self, features: ImageFeatures) -> Dict[str, Any]:
+        """The decoder's keyword for the encoder's stride-4 / stride-8 maps, where it reads them."""
+        return {"high_res_features": features.multiscale} if getattr(self.mask_decoder, "uses_high_res", False) else {}
 
     def postprocess_masks(self, masks: Tensor, input_size: Tuple[int, int], original_size: Tuple[int, int], padded_size: Tuple[int, int]) -> Tensor:
         """Upscale (B, M, 4h, 4w) logits to the padded input, crop the padding, resize to the original."""
