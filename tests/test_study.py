@@ -14,8 +14,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-EVALS = ("zero_shot", "zero_shot_beta_0.1", "zero_shot_beta_0.3", "zero_shot_nsf_image", "zero_shot_decoder_nsf",
-         "fine_tuned_slopes", "fine_tuned_decoder_slopes", "hq_independent", "hq_add", "hq_product")
+EVALS = ("zero_shot", "fine_tuned_slopes", "fine_tuned_decoder_slopes", "fine_tuned_decoder", "hq_independent", "hq_add",
+         "hq_product")
+ZERO_SHOT = ["vanilla", "nsf", "nsf:count=image", "nsf:decoder", "basam", "basam:euclidean", "basam:flat", "basam:beta=0.1",
+             "basam:beta=0.3", "basam:count=image", "basam:decoder"]
 
 
 @pytest.mark.skipif(not all((SHARED / d).is_dir() for d in ("duts-tr", "duts-te", "kvasir-seg")),
@@ -33,14 +35,24 @@ def test_study_quick_mode_end_to_end(tmp_path):
         assert set(summary["datasets"]) == {"duts-te"}, name  # quick mode: DUTS-TE only
         for ds in summary["datasets"].values():
             assert {r["resolution"] for r in ds["rows"]} == {256, 512} and all(r["n"] == 2 for r in ds["rows"])
-            assert ds["paired"] and all(d["iou"]["low"] <= d["iou"]["mean"] <= d["iou"]["high"] for d in ds["paired"])
-        assert (out / name / "plot_duts-te_paired.png").is_file()
-    # the knobs reached the model: beta 0.1 gives other basam numbers than beta 1
-    rows = {n: json.loads((out / n / "summary.json").read_text())["datasets"]["duts-te"]["rows"] for n in ("zero_shot", "zero_shot_beta_0.1")}
-    def pick(run, preset):
-        return next(r["mae"] for r in rows[run] if r["attention"] == preset and r["resolution"] == 512)
-
-    assert pick("zero_shot", "basam:manhattan") != pick("zero_shot_beta_0.1", "basam")  # basam's default distance
+            assert all(d["iou"]["low"] <= d["iou"]["mean"] <= d["iou"]["high"] for d in ds["paired"])
+            assert ds["paired"]  # one preset: each size against 256 px; several: each against vanilla too
+        one_preset = name in ("fine_tuned_slopes", "fine_tuned_decoder")
+        assert (out / name / "plot_duts-te_paired.png").is_file() != one_preset  # the preset-difference plot
+    # every zero-shot variant in one run, each paired with vanilla; the knobs reached the model
+    zs = json.loads((out / "zero_shot" / "summary.json").read_text())["datasets"]["duts-te"]
+    assert [r["attention"] for r in zs["rows"] if r["resolution"] == 256] == ZERO_SHOT
+    assert {d["attention"] for d in zs["paired"] if d["kind"] == "preset"} == set(ZERO_SHOT[1:])
+    at512 = {r["attention"]: r["mae"] for r in zs["rows"] if r["resolution"] == 512}
+    for knob in ("basam:beta=0.1", "basam:euclidean", "basam:count=image", "basam:decoder"):
+        assert at512[knob] != at512["basam"], knob
+    assert at512["nsf"] != at512["vanilla"]
+    # the fine-tuned runs against the untuned vanilla and against the decoder-only control
+    ft = json.loads((out / "ft_vs_zero_shot.json").read_text())["runs"]
+    assert set(ft) == {"slopes", "decoder+slopes", "decoder"}
+    assert {d["vs_attention"] for r in ft.values() for d in r["differences"]} == {"vanilla"}
+    ctrl = json.loads((out / "ft_vs_decoder_only.json").read_text())["runs"]["decoder+slopes"]["differences"]
+    assert {(d["attention"], d["vs_attention"]) for d in ctrl} == {("vanilla", "vanilla"), ("basam", "vanilla")}
     # fine-tuning the slopes at 512 px moved the slopes and nothing else
     def latest(run):
         d = out / run / "checkpoints"
