@@ -26,6 +26,7 @@
 # Every evaluate folder holds summary.md / summary.json with the paired differences (each variant
 # minus vanilla, each size minus 256 px) and their 95 % bootstrap intervals over images, and a plot
 # per dataset with those intervals (plot_<dataset>_paired.png). Every step resumes where it stopped.
+# 5. scripts/study_report.py gathers all of it into OUT/report/study.md (+ .json, one plot per dataset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${MODE:-full}
@@ -107,4 +108,6 @@ for fusion in independent add product; do
 done
 compare hq_fusion_vs_plain zero_shot "the plain study model" "${HQ_RUNS[@]}"
 compare hq_fusion_vs_independent hq_independent "HQ independent" "${HQ_RUNS[@]:1}"
-echo "study.sh ($MODE): results in $OUT/*/summary.md and $OUT/{ft,hq_fusion}_*.md"
+# 5. The tables and plots of all of it (docs/results/study/ holds the committed ones).
+$PY scripts/study_report.py --study "$OUT" --out "$OUT/report" > /dev/null
+echo "study.sh ($MODE): results in $OUT/report/study.md, $OUT/*/summary.md and $OUT/{ft,hq_fusion}_*.md"

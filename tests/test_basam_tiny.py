@@ -120,3 +120,33 @@ def test_ship_script_writes_a_strictly_loading_file_and_refuses_others(tmp_path)
     bad = subprocess.run(script + [str(other), "--note", "x", "--out", str(tmp_path / "b.safetensors")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a basam_tiny checkpoint" in bad.stderr
     assert not (tmp_path / "b.safetensors").exists()
+
+
+def test_diagnostics_frame_and_ceiling(tmp_path):
+    """scripts/basam_tiny_diagnostics.py on a synthetic folder: the ceiling of a stride-4 mask grid
+    is at least the stride-16 one and both are IoUs; the frame check scores both frames."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(__file__).resolve().parents[1]
+    data = tmp_path / "synth"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    for i in range(3):
+        yy, xx = np.mgrid[0:150, 0:200]
+        m = (yy - 70) ** 2 + (xx - 90 - 10 * i) ** 2 < (30 + 5 * i) ** 2
+        Image.fromarray(np.where(m[..., None], 220, 30).repeat(3, 2).astype(np.uint8)).save(data / "images" / f"s{i}.png")
+        Image.fromarray(m.astype(np.uint8) * 255).save(data / "masks" / f"s{i}.png")
+    script = [sys.executable, str(root / "scripts" / "basam_tiny_diagnostics.py")]
+    out = subprocess.run(script + ["ceiling", "--data", str(data)], capture_output=True, text=True, check=True).stdout
+    s4, s16 = (float(re.search(rf"stride\s+{s}: ([0-9.]+)", out).group(1)) for s in (4, 16))
+    assert 0.8 < s4 <= 1.0 and 0 < s16 <= s4
+    weights = str(root / "src" / "basam" / "weights" / "basam_tiny.safetensors")
+    out = subprocess.run(script + ["frame", "--checkpoint", weights, "--data", str(data), "--n", "2"],
+                         capture_output=True, text=True, check=True).stdout
+    scores = [float(x) for x in re.findall(r"(?:best of 3|single-mask) ([0-9.]+)", out)]
+    assert len(scores) == 4 and all(0 <= x <= 1 for x in scores) and "SAM's frame" in out and "squashed" in out

@@ -72,6 +72,15 @@ def test_study_quick_mode_end_to_end(tmp_path):
         added = set(hq) - set(base)
         assert added and {k.split(".")[1] for k in added} == set(HQ_MODULES)
         assert all(torch.equal(hq[k], base[k]) for k in base if not k.endswith(".bam.slopes"))
+    # the report: every section, the plot, and its numbers are the evaluate folders' own
+    report = (out / "report" / "study.md").read_text()
+    for section in ("### Zero-shot IoU", "each variant minus vanilla", "Each size minus 256 px", "Fine-tuned at 2x: IoU",
+                    "minus the decoder-only control", "HQ-SAM fusion modes: IoU", "HQ fusion minus independent"):
+        assert section in report, section
+    assert "Not in this report" not in report and (out / "report" / "study_duts-te.png").is_file()
+    rep = json.loads((out / "report" / "study.json").read_text())["datasets"]["duts-te"]
+    assert rep["absolute"]["zero_shot"]["vanilla"]["512"]["mean"] == pytest.approx(
+        next(r["iou"] for r in zs["rows"] if r["attention"] == "vanilla" and r["resolution"] == 512), abs=1e-9)
     vs_plain = (out / "hq_fusion_vs_plain.md").read_text()
     assert all(vs_plain.count(f"| {f} | duts-te |") == 4 for f in ("independent", "add", "product"))  # 2 presets x 2 sizes
     vs_ind = json.loads((out / "hq_fusion_vs_independent.json").read_text())["runs"]
