@@ -34,16 +34,20 @@ OUT=${OUT:-runs/study_v4}
 DEVICE=${DEVICE:-cpu}
 B=${BASAM:-.venv/bin/basam}
 PY=${PYTHON:-.venv/bin/python}
+# PROCS=2: evaluate and train as 2 processes (torchrun; images / batches sharded, one thread each),
+# which on 2 CPU cores gets more done than one process with 2 threads. Same numbers either way (the
+# training batch is split between the processes, so the global batch and the samples are the same).
+PROCS=${PROCS:-1}
 SHARED=${SHARED:-../shared/data}
 STUDY_RECIPE=${STUDY_RECIPE:-basam_tiny_v4}
 EVAL_DATA="--data $SHARED/duts-te --data $SHARED/kvasir-seg:split=test"
 if [ "$MODE" = quick ]; then  # DUTS-TE only, two images, two steps: minutes, for CI
-  RES="256 512"; RES_HQ="256 512"; LIMIT="--max-images 2"; STEPS=2; FT_STEPS=2; HQ_STEPS=2; BATCH=2
+  RES="256 512"; RES_HQ="256 512"; LIMIT="--max-images 2"; STEPS=2; FT_STEPS=2; HQ_STEPS=2; BATCH=2; FT_BATCH=2
   VAL="--eval-every 0 --val-max-images 2"
   EVAL_DATA="--data $SHARED/duts-te"
 elif [ "$MODE" = full ]; then
   RES="256 512 768 1024"; RES_HQ="256 1024"; LIMIT=""; STEPS=""; FT_STEPS=${FT_STEPS:-300}; HQ_STEPS=${HQ_STEPS:-1000}
-  BATCH=16; VAL=""
+  BATCH=16; FT_BATCH=8; VAL=""
 else
   echo "study.sh: MODE must be quick or full, got '$MODE'" >&2; exit 2
 fi
@@ -63,16 +67,25 @@ else
 fi
 [ -f "$CKPT" ] || { echo "study.sh: no study model at $CKPT" >&2; exit 1; }
 
+run_basam() {  # run_basam evaluate|train ARGS...: one process, or PROCS processes under torchrun
+  local what=$1; shift
+  if [ "$PROCS" -gt 1 ]; then
+    OMP_NUM_THREADS=1 $PY -m torch.distributed.run --standalone --nproc_per_node "$PROCS" -m "basam.$what" "$@"
+  else
+    $B "$what" "$@"
+  fi
+}
+
 evaluate() {  # evaluate NAME CHECKPOINT [extra evaluate flags...]
   local name=$1 ckpt=$2; shift 2
-  $B evaluate $EVAL_DATA --model basam_tiny --checkpoint "$ckpt" --prompt center $LIMIT \
+  run_basam evaluate $EVAL_DATA --model basam_tiny --checkpoint "$ckpt" --prompt center $LIMIT \
     --device "$DEVICE" --out "$OUT/$name" $Q "$@"
 }
 
 train_from_study_model() {  # train_from_study_model NAME [extra train flags...]: the study model's data and frame
   local name=$1; shift
-  $B train --model basam_tiny --checkpoint "$CKPT" --data "$SHARED/duts-tr" --data "$SHARED/kvasir-seg:split=train" \
-    --frame longest --crop-scale 1.0,1.0 --prompt mixed --point-single-weight 1.0 --batch-size "$BATCH" $VAL \
+  run_basam train --model basam_tiny --checkpoint "$CKPT" --data "$SHARED/duts-tr" --data "$SHARED/kvasir-seg:split=train" \
+    --frame longest --crop-scale 1.0,1.0 --prompt mixed --point-single-weight 1.0 $VAL \
     --cache-dir "$OUT/cache" --cache-side 384 --device "$DEVICE" --out "$OUT/$name" --resume $Q "$@"
 }
 
@@ -86,7 +99,8 @@ evaluate zero_shot "$CKPT" --resolutions $RES --beta 1.0 --attention vanilla nsf
   basam basam:euclidean basam:flat basam:beta=0.1 basam:beta=0.3 basam:count=image basam:decoder
 
 # 3. Fine-tuned at 2x the training grid, from beta 0.1 as the paper does; the decoder-only control.
-FT="--resolution 512 --steps $FT_STEPS --warmup 10 --weight-decay 0"
+# batch 8 at 512 px: each step costs 4x one at 256 px, and 2,400 samples are plenty for 30 slopes
+FT="--resolution 512 --steps $FT_STEPS --batch-size $((FT_BATCH / PROCS)) --warmup 10 --weight-decay 0"
 train_from_study_model ft_slopes --attention basam --beta 0.1 --train slopes --lr 2e-3 $FT
 train_from_study_model ft_decoder_slopes --attention basam --beta 0.1 --train decoder+slopes --lr 2e-4 $FT
 train_from_study_model ft_decoder --attention vanilla --train decoder --lr 2e-4 $FT
@@ -102,7 +116,7 @@ compare ft_vs_decoder_only fine_tuned_decoder "the decoder-only control (vanilla
 HQ_RUNS=()
 for fusion in independent add product; do
   train_from_study_model "hq_train_$fusion" --architecture '{"hq": true}' --attention vanilla --train hq --hq-fusion "$fusion" \
-    --resolution 256 --steps "$HQ_STEPS" --lr 1e-3 --warmup 50
+    --resolution 256 --steps "$HQ_STEPS" --batch-size $((BATCH / PROCS)) --lr 1e-3 --warmup 50
   evaluate "hq_$fusion" "$(last_checkpoint "$OUT/hq_train_$fusion")" --resolutions $RES_HQ --attention vanilla basam --beta 1.0
   HQ_RUNS+=("$fusion=$OUT/hq_$fusion")
 done

@@ -104,6 +104,19 @@ def build(study: Path) -> dict:
     return report
 
 
+def _comparison(runs: Optional[dict], ds: str, res: List[int], title: str, what: str) -> List[str]:
+    """Markdown lines of one compare_runs result on ``ds``: a row per (run, attention), IoU differences by size."""
+    if not runs:
+        return []
+    lines = ["", title, "", f"| {what} | attention | " + " | ".join(f"{x} px" for x in res) + " |", "|---|---|" + "---|" * len(res)]
+    for name, run in runs.items():
+        diffs = [d for d in run["differences"] if d["dataset"] == ds]
+        for att in dict.fromkeys(d["attention"] for d in diffs):
+            cells = {d["resolution"]: d.get("iou") for d in diffs if d["attention"] == att}
+            lines.append(f"| {name} | {att} | " + " | ".join(_cell(cells.get(x)) for x in res) + " |")
+    return lines
+
+
 def _markdown(r: dict) -> str:
     res = r["resolutions"]
     lines = [f"# The BA-SAM study in miniature: tables", "",
@@ -141,16 +154,7 @@ def _markdown(r: dict) -> str:
                 lines.append(f"| {lbl} | " + " | ".join(_cell(e["absolute"][f].get(a, {}).get(str(x)), signed=False) for x in res) + " |")
         for key, title in (("ft_vs_zero_shot", "Fine-tuned minus the untuned model's vanilla (IoU)"),
                            ("ft_vs_decoder_only", "Decoder + slopes minus the decoder-only control (both fine-tuned at 2x; IoU)")):
-            runs = r.get(key)
-            if not runs:
-                continue
-            lines += ["", f"### {title}", "", "| run | attention | " + " | ".join(f"{x} px" for x in res) + " |",
-                      "|---|---|" + "---|" * len(res)]
-            for name, run in runs.items():
-                diffs = [d for d in run["differences"] if d["dataset"] == ds]
-                for att in dict.fromkeys(d["attention"] for d in diffs):
-                    cells = {d["resolution"]: d.get("iou") for d in diffs if d["attention"] == att}
-                    lines.append(f"| {name} | {att} | " + " | ".join(_cell(cells.get(x)) for x in res) + " |")
+            lines += _comparison(r.get(key), ds, res, f"### {title}", "run")
         hq = [f for f in ("hq_independent", "hq_add", "hq_product") if f in e["absolute"]]
         if hq:
             hres = sorted({int(x) for f in hq for att in e["absolute"][f].values() for x in att})
@@ -160,16 +164,7 @@ def _markdown(r: dict) -> str:
                 for att, cells in e["absolute"][f].items():
                     lines.append(f"| {f[3:]} | {att} | " + " | ".join(_cell(cells.get(str(x)), signed=False) for x in hres) + " |")
             for key, title in (("hq_fusion_vs_plain", "minus the plain study model"), ("hq_fusion_vs_independent", "minus independent")):
-                runs = r.get(key)
-                if not runs:
-                    continue
-                lines += ["", f"HQ fusion {title} (IoU):", "", "| fusion | attention | " + " | ".join(f"{x} px" for x in hres) + " |",
-                          "|---|---|" + "---|" * len(hres)]
-                for name, run in runs.items():
-                    diffs = [d for d in run["differences"] if d["dataset"] == ds]
-                    for att in dict.fromkeys(d["attention"] for d in diffs):
-                        cells = {d["resolution"]: d.get("iou") for d in diffs if d["attention"] == att}
-                        lines.append(f"| {name} | {att} | " + " | ".join(_cell(cells.get(x)) for x in hres) + " |")
+                lines += _comparison(r.get(key), ds, hres, f"HQ fusion {title} (IoU):", "fusion")
         lines += ["", f"![{ds}](study_{ds}.png)", ""]
     return "\n".join(lines) + "\n"
 
