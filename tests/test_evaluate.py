@@ -450,3 +450,32 @@ def test_one_run_compares_every_knob_and_beta_variants_do_not_leak(tmp_path, ckp
                      ("basam:flat:euclidean", "sets dist twice"), ("fast", "unknown attention preset")):
         assert main(_args(data, tmp_path / "bad", ckpt)[:-1] + ["--attention", bad]) == 2
         assert why in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_decoder_only_variants_reuse_the_encoding(tmp_path, ckpt, capsys, monkeypatch):
+    """``X:decoder`` right after ``X`` changes nothing the encoder sees: one encoding serves both,
+    and the numbers are those of ``X:decoder`` evaluated alone."""
+    import csv
+
+    from basam.predictor import Predictor
+
+    data = _synthetic(tmp_path / "synth", n=3)
+    encodes = []
+    real = Predictor.set_image
+    monkeypatch.setattr(Predictor, "set_image", lambda self, *a, **k: encodes.append(self.resolution) or real(self, *a, **k))
+
+    def run(name, attention):
+        argv = _args(data, tmp_path / name, ckpt)
+        cut = argv.index("--resolutions")
+        argv = argv[:cut] + ["--resolutions", "192", "--attention", *attention] + argv[argv.index("--prompt"):]
+        assert main(argv) == 0, capsys.readouterr().err
+        rows = list(csv.DictReader((tmp_path / name / "per_image.csv").open()))
+        return {(r["image"], r["attention"]): (r["iou_pred"], r["iou"]) for r in rows}
+
+    shared = run("shared", ["basam", "basam:decoder", "nsf", "nsf:decoder"])
+    assert len(encodes) == 3 * 2  # basam and nsf per image; their :decoder twins reuse the embedding
+    encodes.clear()
+    alone = run("alone", ["basam:decoder", "nsf:decoder"])
+    assert len(encodes) == 3 * 2
+    for (image, variant), value in alone.items():
+        assert shared[(image, variant)] == value, (image, variant)

@@ -311,15 +311,17 @@ def summarize(records: Sequence[dict]) -> dict:
     return {"n": out["n"], **{name: out[name] for name in METRICS}}
 
 
-def evaluate_image(predictor, image, gt, prompt, multimask: "bool | str", hq_token_only) -> "tuple[dict, float]":
+def evaluate_image(predictor, image, gt, prompt, multimask: "bool | str", hq_token_only, encode: bool = True) -> "tuple[dict, float]":
     """Encode ``image`` at the predictor's resolution, predict, score. Returns (metrics, IoU
     prediction of the kept mask).
 
     ``multimask``: False (the single-mask output), True (three candidates, the one with the best
     predicted IoU kept: what a user gets) or ``"oracle"`` (three candidates, the one with the best
-    IoU against ``gt`` kept: SAM's "oracle" figure, the best of three).
+    IoU against ``gt`` kept: SAM's "oracle" figure, the best of three). ``encode=False`` reuses the
+    embedding the predictor holds (the same image, an encoder set up as before).
     """
-    predictor.set_image(image)
+    if encode:
+        predictor.set_image(image)
     logits, scores, _ = predictor.predict(point_coords=prompt.point_coords, point_labels=prompt.point_labels, box=prompt.box,
                                           multimask_output=bool(multimask), return_logits=True, hq_token_only=hq_token_only)
     if multimask == "oracle":
