@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Two measurements behind basam_tiny v4's recipe (docs/results/README.md, "What was tried").
 
-    python scripts/basam_tiny_diagnostics.py frame --checkpoint docs/results/study_model/basam_tiny_v2_step6000.safetensors --n 150
+    python scripts/basam_tiny_diagnostics.py frame --checkpoint docs/results/v2_v3/basam_tiny_v2_step6000.safetensors --n 150
     python scripts/basam_tiny_diagnostics.py ceiling
 
 ``frame``: one model on the first N DUTS-TE images, one interior point, 256 px, in the two frames an

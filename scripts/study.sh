@@ -4,7 +4,9 @@
 #
 #   bash scripts/study.sh                 # the whole study (hours on 2 CPU cores; a GPU: DEVICE=cuda)
 #   MODE=quick bash scripts/study.sh      # the same code on a handful of images and steps (CI)
-#   STUDY_CKPT=docs/results/study_model/basam_tiny_v4.safetensors bash scripts/study.sh   # skip step 1
+#   STUDY_CKPT=docs/results/study_model/basam_tiny_v4.safetensors bash scripts/study.sh   # skip step 1: the committed study model
+#   PARTS="ft hq" bash scripts/study.sh   # some of steps 2-4 (zero_shot, ft, hq; default all), e.g. beside
+#                                         # a running zero-shot grid to fill the core it leaves idle
 #
 # 1. The study model: recipe basam_tiny_v4 (STUDY_RECIPE), trained at ONE resolution (256 px) in
 #    SAM's frame (longest side 256, zero padding) on whole images: no scale augmentation, flips only.
@@ -21,7 +23,7 @@
 #    untuned model (ft_vs_zero_shot.md) and with the decoder-only control (ft_vs_decoder_only.md).
 # 4. HQ-SAM's output fusion (independent / add / product): an HQ variant of the study model (HQ-SAM's
 #    decoder on it, --architecture '{"hq": true}'), its HQ modules trained on the frozen model as
-#    HQ-SAM is trained, once per fusion mode; evaluated at 1x and 4x and compared image by image with
+#    HQ-SAM is trained, once per fusion mode; evaluated at 1x and 2x and compared image by image with
 #    the plain model and with each other (hq_fusion_vs_plain.md, hq_fusion_vs_independent.md).
 # Every evaluate folder holds summary.md / summary.json with the paired differences (each variant
 # minus vanilla, each size minus 256 px) and their 95 % bootstrap intervals over images, and a plot
@@ -38,15 +40,23 @@ PY=${PYTHON:-.venv/bin/python}
 # which on 2 CPU cores gets more done than one process with 2 threads. Same numbers either way (the
 # training batch is split between the processes, so the global batch and the samples are the same).
 PROCS=${PROCS:-1}
+PARTS=${PARTS:-zero_shot ft hq}
+for part in $PARTS; do
+  case $part in zero_shot|ft|hq) ;; *) echo "study.sh: PARTS takes zero_shot, ft, hq; got '$part'" >&2; exit 2;; esac
+done
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 SHARED=${SHARED:-../shared/data}
 STUDY_RECIPE=${STUDY_RECIPE:-basam_tiny_v4}
 EVAL_DATA="--data $SHARED/duts-te --data $SHARED/kvasir-seg:split=test"
 if [ "$MODE" = quick ]; then  # DUTS-TE only, two images, two steps: minutes, for CI
-  RES="256 512"; RES_HQ="256 512"; LIMIT="--max-images 2"; STEPS=2; FT_STEPS=2; HQ_STEPS=2; BATCH=2; FT_BATCH=2
+  RES="256 512"; RES_HQ="256 512"; RES_FT="256 512"; LIMIT="--max-images 2"; STEPS=2; FT_STEPS=2; HQ_STEPS=2; BATCH=2; FT_BATCH=2
   VAL="--eval-every 0 --val-max-images 2"
   EVAL_DATA="--data $SHARED/duts-te"
 elif [ "$MODE" = full ]; then
-  RES="256 512 768 1024"; RES_HQ="256 1024"; LIMIT=""; STEPS=""; FT_STEPS=${FT_STEPS:-300}; HQ_STEPS=${HQ_STEPS:-1000}
+  # The fine-tuned models at the size they were tuned at, the HQ ones at 1x and 2x: what fits a
+  # 2-core session after the zero-shot grid (RES_FT="512 1024" RES_HQ="256 1024" for more).
+  RES="256 512 768 1024"; RES_HQ=${RES_HQ:-256 512}; RES_FT=${RES_FT:-512}; LIMIT=""; STEPS=""
+  FT_STEPS=${FT_STEPS:-300}; HQ_STEPS=${HQ_STEPS:-500}
   BATCH=16; FT_BATCH=8; VAL=""
 else
   echo "study.sh: MODE must be quick or full, got '$MODE'" >&2; exit 2
@@ -95,33 +105,39 @@ compare() {  # compare OUTNAME REFERENCE REFERENCE_NAME [--reference-attention P
 }
 
 # 2. Zero-shot: every variant in one run, paired with the same vanilla (listed first).
-evaluate zero_shot "$CKPT" --resolutions $RES --beta 1.0 --attention vanilla nsf nsf:count=image nsf:decoder \
-  basam basam:euclidean basam:flat basam:beta=0.1 basam:beta=0.3 basam:count=image basam:decoder
+if part zero_shot; then
+  evaluate zero_shot "$CKPT" --resolutions $RES --beta 1.0 --attention vanilla nsf nsf:count=image nsf:decoder \
+    basam basam:euclidean basam:flat basam:beta=0.1 basam:beta=0.3 basam:count=image basam:decoder
+fi
 
 # 3. Fine-tuned at 2x the training grid, from beta 0.1 as the paper does; the decoder-only control.
 # batch 8 at 512 px: each step costs 4x one at 256 px, and 2,400 samples are plenty for 30 slopes
-FT="--resolution 512 --steps $FT_STEPS --batch-size $((FT_BATCH / PROCS)) --warmup 10 --weight-decay 0"
-train_from_study_model ft_slopes --attention basam --beta 0.1 --train slopes --lr 2e-3 $FT
-train_from_study_model ft_decoder_slopes --attention basam --beta 0.1 --train decoder+slopes --lr 2e-4 $FT
-train_from_study_model ft_decoder --attention vanilla --train decoder --lr 2e-4 $FT
-evaluate fine_tuned_slopes "$(last_checkpoint "$OUT/ft_slopes")" --resolutions $RES --attention basam
-evaluate fine_tuned_decoder_slopes "$(last_checkpoint "$OUT/ft_decoder_slopes")" --resolutions $RES --attention vanilla basam
-evaluate fine_tuned_decoder "$(last_checkpoint "$OUT/ft_decoder")" --resolutions $RES --attention vanilla
-compare ft_vs_zero_shot zero_shot "the untuned study model, vanilla" --reference-attention vanilla \
-  "slopes=$OUT/fine_tuned_slopes" "decoder+slopes=$OUT/fine_tuned_decoder_slopes" "decoder=$OUT/fine_tuned_decoder"
-compare ft_vs_decoder_only fine_tuned_decoder "the decoder-only control (vanilla)" --reference-attention vanilla \
-  "decoder+slopes=$OUT/fine_tuned_decoder_slopes"
+if part ft; then
+  FT="--resolution 512 --steps $FT_STEPS --batch-size $((FT_BATCH / PROCS)) --warmup 10 --weight-decay 0"
+  train_from_study_model ft_slopes --attention basam --beta 0.1 --train slopes --lr 2e-3 $FT
+  train_from_study_model ft_decoder_slopes --attention basam --beta 0.1 --train decoder+slopes --lr 2e-4 $FT
+  train_from_study_model ft_decoder --attention vanilla --train decoder --lr 2e-4 $FT
+  evaluate fine_tuned_slopes "$(last_checkpoint "$OUT/ft_slopes")" --resolutions $RES_FT --attention basam
+  evaluate fine_tuned_decoder_slopes "$(last_checkpoint "$OUT/ft_decoder_slopes")" --resolutions $RES_FT --attention vanilla basam
+  evaluate fine_tuned_decoder "$(last_checkpoint "$OUT/ft_decoder")" --resolutions $RES_FT --attention vanilla
+  compare ft_vs_zero_shot zero_shot "the untuned study model, vanilla" --reference-attention vanilla \
+    "slopes=$OUT/fine_tuned_slopes" "decoder+slopes=$OUT/fine_tuned_decoder_slopes" "decoder=$OUT/fine_tuned_decoder"
+  compare ft_vs_decoder_only fine_tuned_decoder "the decoder-only control (vanilla)" --reference-attention vanilla \
+    "decoder+slopes=$OUT/fine_tuned_decoder_slopes"
+fi
 
 # 4. HQ-SAM's fusion modes on the study model: its HQ modules trained at 256 px, everything else frozen.
-HQ_RUNS=()
-for fusion in independent add product; do
-  train_from_study_model "hq_train_$fusion" --architecture '{"hq": true}' --attention vanilla --train hq --hq-fusion "$fusion" \
-    --resolution 256 --steps "$HQ_STEPS" --batch-size $((BATCH / PROCS)) --lr 1e-3 --warmup 50
-  evaluate "hq_$fusion" "$(last_checkpoint "$OUT/hq_train_$fusion")" --resolutions $RES_HQ --attention vanilla basam --beta 1.0
-  HQ_RUNS+=("$fusion=$OUT/hq_$fusion")
-done
-compare hq_fusion_vs_plain zero_shot "the plain study model" "${HQ_RUNS[@]}"
-compare hq_fusion_vs_independent hq_independent "HQ independent" "${HQ_RUNS[@]:1}"
+if part hq; then
+  HQ_RUNS=()
+  for fusion in independent add product; do
+    train_from_study_model "hq_train_$fusion" --architecture '{"hq": true}' --attention vanilla --train hq --hq-fusion "$fusion" \
+      --resolution 256 --steps "$HQ_STEPS" --batch-size $((BATCH / PROCS)) --lr 1e-3 --warmup 50
+    evaluate "hq_$fusion" "$(last_checkpoint "$OUT/hq_train_$fusion")" --resolutions $RES_HQ --attention vanilla basam --beta 1.0
+    HQ_RUNS+=("$fusion=$OUT/hq_$fusion")
+  done
+  compare hq_fusion_vs_plain zero_shot "the plain study model" "${HQ_RUNS[@]}"
+  compare hq_fusion_vs_independent hq_independent "HQ independent" "${HQ_RUNS[@]:1}"
+fi
 # 5. The tables and plots of all of it (docs/results/study/ holds the committed ones).
 $PY scripts/study_report.py --study "$OUT" --out "$OUT/report" > /dev/null
 echo "study.sh ($MODE): results in $OUT/report/study.md, $OUT/*/summary.md and $OUT/{ft,hq_fusion}_*.md"

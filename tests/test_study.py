@@ -85,3 +85,20 @@ def test_study_quick_mode_end_to_end(tmp_path):
     assert all(vs_plain.count(f"| {f} | duts-te |") == 4 for f in ("independent", "add", "product"))  # 2 presets x 2 sizes
     vs_ind = json.loads((out / "hq_fusion_vs_independent.json").read_text())["runs"]
     assert set(vs_ind) == {"add", "product"}
+
+
+@pytest.mark.skipif(not (SHARED / "duts-te").is_dir(), reason="needs ../shared/data/duts-te")
+def test_study_parts_run_only_what_they_name(tmp_path):
+    """PARTS picks steps 2-4 (so that two can run side by side); a wrong name is refused up front."""
+    weights = ROOT / "src" / "basam" / "weights" / "basam_tiny.safetensors"
+    env = {**os.environ, "MODE": "quick", "OUT": str(tmp_path / "study"), "SHARED": str(SHARED), "STUDY_CKPT": str(weights),
+           "BASAM": f"{sys.executable} -m basam", "PYTHON": sys.executable, "OMP_NUM_THREADS": "2"}
+    bad = subprocess.run(["bash", str(ROOT / "scripts" / "study.sh")], cwd=ROOT, env={**env, "PARTS": "zero_shot fine_tune"},
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "PARTS takes zero_shot, ft, hq; got 'fine_tune'" in bad.stderr
+    assert not (tmp_path / "study").exists()
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "study.sh")], cwd=ROOT, env={**env, "PARTS": "zero_shot"},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout[-1500:], proc.stderr[-1500:])
+    made = {p.name for p in (tmp_path / "study").iterdir()}
+    assert {"zero_shot", "report"} <= made and not any(m.startswith(("ft", "fine_tuned", "hq")) for m in made), made
