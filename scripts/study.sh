@@ -56,7 +56,8 @@ elif [ "$MODE" = full ]; then
   # The fine-tuned models at the size they were tuned at, the HQ ones at 1x and 2x: what fits a
   # 2-core session after the zero-shot grid (RES_FT="512 1024" RES_HQ="256 1024" for more).
   RES="256 512 768 1024"; RES_HQ=${RES_HQ:-256 512}; RES_FT=${RES_FT:-512}; LIMIT=""; STEPS=""
-  FT_STEPS=${FT_STEPS:-300}; HQ_STEPS=${HQ_STEPS:-500}
+  # 150 steps x 8 at 512 px for 30 slopes (or the decoder), 300 x 16 for the HQ modules: the same budget
+  FT_STEPS=${FT_STEPS:-150}; HQ_STEPS=${HQ_STEPS:-300}
   BATCH=16; FT_BATCH=8; VAL=""
 else
   echo "study.sh: MODE must be quick or full, got '$MODE'" >&2; exit 2
@@ -111,7 +112,7 @@ if part zero_shot; then
 fi
 
 # 3. Fine-tuned at 2x the training grid, from beta 0.1 as the paper does; the decoder-only control.
-# batch 8 at 512 px: each step costs 4x one at 256 px, and 2,400 samples are plenty for 30 slopes
+# batch 8 at 512 px: each step costs 4x one at 256 px, and 1,200 samples are plenty for 30 slopes
 if part ft; then
   FT="--resolution 512 --steps $FT_STEPS --batch-size $((FT_BATCH / PROCS)) --warmup 10 --weight-decay 0"
   train_from_study_model ft_slopes --attention basam --beta 0.1 --train slopes --lr 2e-3 $FT

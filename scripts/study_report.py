@@ -147,14 +147,16 @@ def _markdown(r: dict) -> str:
         for att in ("vanilla", "nsf", "basam"):
             lines.append(f"| {att} | " + " | ".join(_cell((sz.get((att, x)) or {}).get("iou")) for x in res[1:]) + " |")
         ft_abs = [(f, a, lbl) for f, a, lbl in CURVES[3:] if f in e["absolute"]]
+        # the sizes the fine-tuned models were evaluated at (the study's default: the one tuned at)
+        fres = sorted({int(x) for f, a, _ in ft_abs for x in e["absolute"][f].get(a, {})}) or res
         if ft_abs:
-            lines += ["", "### Fine-tuned at 2x: IoU", "", "| model | " + " | ".join(f"{x} px" for x in res) + " |",
-                      "|---|" + "---|" * len(res)]
+            lines += ["", "### Fine-tuned at 2x: IoU", "", "| model | " + " | ".join(f"{x} px" for x in fres) + " |",
+                      "|---|" + "---|" * len(fres)]
             for f, a, lbl in ft_abs:
-                lines.append(f"| {lbl} | " + " | ".join(_cell(e["absolute"][f].get(a, {}).get(str(x)), signed=False) for x in res) + " |")
+                lines.append(f"| {lbl} | " + " | ".join(_cell(e["absolute"][f].get(a, {}).get(str(x)), signed=False) for x in fres) + " |")
         for key, title in (("ft_vs_zero_shot", "Fine-tuned minus the untuned model's vanilla (IoU)"),
                            ("ft_vs_decoder_only", "Decoder + slopes minus the decoder-only control (both fine-tuned at 2x; IoU)")):
-            lines += _comparison(r.get(key), ds, res, f"### {title}", "run")
+            lines += _comparison(r.get(key), ds, fres, f"### {title}", "run")
         hq = [f for f in ("hq_independent", "hq_add", "hq_product") if f in e["absolute"]]
         if hq:
             hres = sorted({int(x) for f in hq for att in e["absolute"][f].values() for x in att})
