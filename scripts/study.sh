@@ -23,7 +23,7 @@
 #    untuned model (ft_vs_zero_shot.md) and with the decoder-only control (ft_vs_decoder_only.md).
 # 4. HQ-SAM's output fusion (independent / add / product): an HQ variant of the study model (HQ-SAM's
 #    decoder on it, --architecture '{"hq": true}'), its HQ modules trained on the frozen model as
-#    HQ-SAM is trained, once per fusion mode; evaluated at 1x and 2x and compared image by image with
+#    HQ-SAM is trained, once per fusion mode; evaluated at 1x (RES_HQ) and compared image by image with
 #    the plain model and with each other (hq_fusion_vs_plain.md, hq_fusion_vs_independent.md).
 # Every evaluate folder holds summary.md / summary.json with the paired differences (each variant
 # minus vanilla, each size minus 256 px) and their 95 % bootstrap intervals over images, and a plot
@@ -53,9 +53,9 @@ if [ "$MODE" = quick ]; then  # DUTS-TE only, two images, two steps: minutes, fo
   VAL="--eval-every 0 --val-max-images 2"
   EVAL_DATA="--data $SHARED/duts-te"
 elif [ "$MODE" = full ]; then
-  # The fine-tuned models at the size they were tuned at, the HQ ones at 1x and 2x: what fits a
-  # 2-core session after the zero-shot grid (RES_FT="512 1024" RES_HQ="256 1024" for more).
-  RES="256 512 768 1024"; RES_HQ=${RES_HQ:-256 512}; RES_FT=${RES_FT:-512}; LIMIT=""; STEPS=""
+  # The fine-tuned models at the size they were tuned at, the HQ ones at the size they were trained
+  # at: what fits a 2-core session after the zero-shot grid (RES_FT="512 1024" RES_HQ="256 1024" for more).
+  RES="256 512 768 1024"; RES_HQ=${RES_HQ:-256}; RES_FT=${RES_FT:-512}; LIMIT=""; STEPS=""
   # 150 steps x 8 at 512 px for 30 slopes (or the decoder), 300 x 16 for the HQ modules: the same budget
   FT_STEPS=${FT_STEPS:-150}; HQ_STEPS=${HQ_STEPS:-300}
   BATCH=16; FT_BATCH=8; VAL=""
