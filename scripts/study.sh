@@ -102,6 +102,9 @@ train_from_study_model() {  # train_from_study_model NAME [extra train flags...]
 
 compare() {  # compare OUTNAME REFERENCE REFERENCE_NAME [--reference-attention P] NAME=FOLDER...
   local name=$1 ref=$2 ref_name=$3; shift 3
+  if [ ! -f "$OUT/$ref/summary.json" ]; then  # e.g. PARTS=ft beside a zero-shot grid still running
+    echo "study.sh: $name.md needs $ref finished first; rerun study.sh then (it resumes)" >&2; return 0
+  fi
   $PY scripts/compare_runs.py --reference "$OUT/$ref" --reference-name "$ref_name" "$@" --out "$OUT/$name.md" > /dev/null
 }
 
