@@ -143,5 +143,9 @@ if part hq; then
   compare hq_fusion_vs_independent hq_independent "HQ independent" "${HQ_RUNS[@]:1}"
 fi
 # 5. The tables and plots of all of it (docs/results/study/ holds the committed ones).
-$PY scripts/study_report.py --study "$OUT" --out "$OUT/report" > /dev/null
+if [ -f "$OUT/zero_shot/summary.json" ]; then
+  $PY scripts/study_report.py --study "$OUT" --out "$OUT/report" > /dev/null
+else
+  echo "study.sh: the report needs zero_shot finished first; rerun study.sh then (it resumes)" >&2
+fi
 echo "study.sh ($MODE): results in $OUT/report/study.md, $OUT/*/summary.md and $OUT/{ft,hq_fusion}_*.md"

@@ -97,8 +97,18 @@ def test_study_parts_run_only_what_they_name(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "PARTS takes zero_shot, ft, hq; got 'fine_tune'" in bad.stderr
     assert not (tmp_path / "study").exists()
+    # fine-tuning first, as beside a zero-shot grid still running: its comparison with the untuned
+    # model waits (said so), the one with the decoder-only control does not
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "study.sh")], cwd=ROOT, env={**env, "PARTS": "ft"},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout[-1500:], proc.stderr[-1500:])
+    assert "ft_vs_zero_shot.md needs zero_shot finished first" in proc.stderr
+    assert "the report needs zero_shot finished first" in proc.stderr
+    made = {p.name for p in (tmp_path / "study").iterdir()}
+    assert {"fine_tuned_slopes", "ft_vs_decoder_only.md"} <= made and not {"ft_vs_zero_shot.md", "report"} & made, made
+    assert not any(m.startswith(("zero_shot", "hq")) for m in made), made
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "study.sh")], cwd=ROOT, env={**env, "PARTS": "zero_shot"},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout[-1500:], proc.stderr[-1500:])
     made = {p.name for p in (tmp_path / "study").iterdir()}
-    assert {"zero_shot", "report"} <= made and not any(m.startswith(("ft", "fine_tuned", "hq")) for m in made), made
+    assert {"zero_shot", "report"} <= made and not any(m.startswith("hq") for m in made), made
