@@ -181,7 +181,7 @@ def _plot(r: dict, ds: str) -> bytes:
 
     e = r["datasets"][ds]
     res = r["resolutions"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.6))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 4.6))
     curves = [(f, a, lbl) for f, a, lbl in CURVES if a in e["absolute"].get(f, {})]
     for k, (f, a, lbl) in enumerate(curves):
         cells = e["absolute"][f][a]
@@ -209,7 +209,7 @@ def _plot(r: dict, ds: str) -> bytes:
     right.set_ylabel("IoU minus vanilla (paired, 95 % interval)")
     right.set_title(f"{ds}: zero-shot variants minus vanilla", fontsize=10)
     right.grid(alpha=0.3)
-    right.legend(fontsize=6, ncol=2)
+    right.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the plot: no point hidden
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
