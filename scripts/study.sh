@@ -100,11 +100,15 @@ train_from_study_model() {  # train_from_study_model NAME [extra train flags...]
     --cache-dir "$OUT/cache" --cache-side 384 --device "$DEVICE" --out "$OUT/$name" --resume $Q "$@"
 }
 
+finished() {  # finished RUN WHAT: is the evaluate run RUN done? If not, say that WHAT waits for it
+  # (e.g. PARTS=ft beside a zero-shot grid still running)
+  [ -f "$OUT/$1/summary.json" ] && return 0
+  echo "study.sh: $2 needs $1 finished first; rerun study.sh then (it resumes)" >&2; return 1
+}
+
 compare() {  # compare OUTNAME REFERENCE REFERENCE_NAME [--reference-attention P] NAME=FOLDER...
   local name=$1 ref=$2 ref_name=$3; shift 3
-  if [ ! -f "$OUT/$ref/summary.json" ]; then  # e.g. PARTS=ft beside a zero-shot grid still running
-    echo "study.sh: $name.md needs $ref finished first; rerun study.sh then (it resumes)" >&2; return 0
-  fi
+  finished "$ref" "$name.md" || return 0
   $PY scripts/compare_runs.py --reference "$OUT/$ref" --reference-name "$ref_name" "$@" --out "$OUT/$name.md" > /dev/null
 }
 
@@ -143,9 +147,7 @@ if part hq; then
   compare hq_fusion_vs_independent hq_independent "HQ independent" "${HQ_RUNS[@]:1}"
 fi
 # 5. The tables and plots of all of it (docs/results/study/ holds the committed ones).
-if [ -f "$OUT/zero_shot/summary.json" ]; then
+if finished zero_shot "the report"; then
   $PY scripts/study_report.py --study "$OUT" --out "$OUT/report" > /dev/null
-else
-  echo "study.sh: the report needs zero_shot finished first; rerun study.sh then (it resumes)" >&2
 fi
 echo "study.sh ($MODE): results in $OUT/report/study.md, $OUT/*/summary.md and $OUT/{ft,hq_fusion}_*.md"
