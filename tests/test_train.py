@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from basam.attention import AttentionConfig, alibi_slopes
 from basam.checkpoint import read_metadata, read_state_dict, save_model
-from basam.errors import CheckpointError
+from basam.errors import CheckpointError, InputError
 from basam.cli import COMMANDS, main
 from basam.models.registry import create_model
 from basam.train import config as tc
@@ -421,6 +421,7 @@ def test_yaml_flags_precedence_unknown_keys_and_recipes(tmp_path, capsys, monkey
         (["train", "--recipe", "nope", "--data", "x", "--out", "o"], "unknown recipe 'nope'"),
         (["train", "--data", "x", "--out", "o", "--prompt", "points:0"], "--prompt"),
         (["train", "--data", "x", "--out", "o", "--batch-size", "0"], "--batch-size"),
+        (["train", "--data", "x", "--out", "o", "--copy-paste", "1.5"], "--copy-paste"),
     ]:
         capsys.readouterr()
         assert main(argv) == 2
@@ -814,13 +815,13 @@ def test_mixed_training_with_the_cache_runs_and_records_all_outputs(tmp_path, da
 
 
 def test_resume_of_a_run_from_before_the_new_settings(tmp_path, data):
-    """A checkpoint whose config lacks point_single_weight/cache_side (older runs) had their defaults."""
+    """A checkpoint whose config lacks point_single_weight/cache_side/copy_paste (older runs) had their defaults."""
     from basam.errors import InputError
     from basam.train.trainer import _check_resume
 
     cfg = _cfg(tmp_path / "run", data)
     old = cfg.to_dict()
-    for k in ("point_single_weight", "cache_side", "cache_dir", "val_prompt", "val_single"):
+    for k in ("point_single_weight", "cache_side", "cache_dir", "val_prompt", "val_single", "copy_paste"):
         old.pop(k)
     state = {"config": old, "sampler": {"global_batch": cfg.batch_size * cfg.grad_accum}}
     _check_resume(cfg, state, 1)  # accepted
@@ -886,6 +887,36 @@ def test_longest_frame_keeps_the_aspect_pads_and_records_the_valid_size(tmp_path
         assert max(crop[p]["valid"]) == 64
     with pytest.raises(Exception, match="frame"):
         TrainSet(sets, weights, resolution=64, seed=2, frame="letterbox")
+
+
+def test_copy_paste_pastes_an_object_inside_the_image_and_targets_one_of_the_two(tmp_path):
+    root = _aligned_set(tmp_path)
+    sets, weights = open_weighted([str(root)])
+    kw = dict(resolution=64, seed=2, prompt="point", crop_scale=(1.0, 1.0), frame="longest")
+    plain = TrainSet(sets, weights, **kw)
+    assert all(torch.equal(plain[p]["image"], TrainSet(sets, weights, copy_paste=0.0, **kw)[p]["image"]) for p in range(4))
+    cp = TrainSet(sets, weights, copy_paste=1.0, **kw)
+    kinds = set()
+    for p in range(16):
+        a, b = plain[p], cp[p]
+        h, w = b["valid"]
+        img, m, own = b["image"].numpy(), b["mask"].numpy(), a["mask"].numpy()
+        assert m.any() and not m[h:, :].any() and not m[:, w:].any()
+        assert (img[:, h:, :] == 0).all() and (img[:, :, w:] == 0).all()  # nothing pasted onto the padding
+        # every object pixel is red (the source objects are red): the target is red away from its edge
+        core = ndimage.binary_erosion(m, iterations=2)
+        assert (img[0][core] > 128).all()
+        x, y = b["prompt"]["coords"][0]
+        assert m[int(y), int(x)]  # the click lies on the target
+        assert not torch.equal(a["image"], b["image"])  # something was pasted
+        kinds.add("own" if (m <= own).all() else "pasted")
+        assert torch.equal(cp[p]["image"], b["image"]) and torch.equal(cp[p]["mask"], b["mask"])  # a function of (seed, position)
+    assert kinds == {"own", "pasted"}
+    half = TrainSet(sets, weights, copy_paste=0.5, **kw)
+    same = sum(torch.equal(plain[p]["image"], half[p]["image"]) for p in range(24))
+    assert 4 <= same <= 20  # about half the samples untouched
+    with pytest.raises(InputError, match="copy_paste"):
+        TrainSet(sets, weights, copy_paste=1.5, **kw)
 
 
 def test_negative_clicks_stay_on_the_image_not_the_padding():

@@ -65,6 +65,7 @@ class TrainConfig:
     crop_ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     hflip: float = 0.5
     color_jitter: float = 0.0
+    copy_paste: float = 0.0
     prompt: str = "point"
     box_noise: float = 0.1
     point_single_weight: float = 0.0
@@ -111,7 +112,7 @@ class TrainConfig:
 #: may everything about validation, logging, saving and the machine.
 RUN_DEFINING = (
     "model", "checkpoint", "architecture", "attention", "beta", "dist", "nsf_count", "decoder_nsf", "hq_fusion", "train",
-    "data", "resolution", "frame", "crop_scale", "crop_ratio", "hflip", "color_jitter", "prompt", "box_noise", "point_single_weight", "cache_side", "seed", "batch_size", "grad_accum",
+    "data", "resolution", "frame", "crop_scale", "crop_ratio", "hflip", "color_jitter", "copy_paste", "prompt", "box_noise", "point_single_weight", "cache_side", "seed", "batch_size", "grad_accum",
     "lr", "min_lr", "warmup", "weight_decay", "betas", "grad_clip", "bce_weight", "dice_weight", "iou_weight", "precision",
 )
 
@@ -185,6 +186,13 @@ def _positive(parse: Callable[[Any], Any], minimum: float = 1, what: str = "posi
 
 def _nonneg(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return _positive(parse, 0, ">= 0")
+
+
+def _probability(v: Any) -> float:
+    x = _float(v)
+    if not 0.0 <= x <= 1.0:
+        raise ValueError(f"must be a probability in [0, 1], got {x}")
+    return x
 
 
 def _choice(choices: Sequence[str]) -> Callable[[Any], str]:
@@ -307,6 +315,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option("hflip", _float, "probability of a horizontal flip (default 0.5)", "P", "data"),
     Option("color_jitter", _nonneg(_float), "photometric augmentation of the image (not the mask): brightness, contrast "
            "and saturation by up to this fraction, hue by a quarter of it (default 0: off)", "S", "data"),
+    Option("copy_paste", _probability, "probability that a sample gets another sample's object pasted in (cut along its "
+           "mask, scaled 0.4-1) and one of the two objects as its target (default 0: off)", "P", "data"),
     Option("prompt", parse_prompt, f"training prompts sampled from the augmented mask: {PROMPT_HELP}", "KIND", "data"),
     Option("box_noise", _nonneg(_float), "box prompts: std of the corner noise as a fraction of the box side (default 0.1)", "F", "data"),
     Option("point_single_weight", _nonneg(_float), "one-point prompts: weight of the single-mask output's loss beside the best "
