@@ -413,6 +413,13 @@ def test_yaml_flags_precedence_unknown_keys_and_recipes(tmp_path, capsys, monkey
 
     recipe = tc.resolve_config({"data": ["x"], "out": "o", "steps": 7}, recipe="example")
     assert (recipe.model, recipe.lr, recipe.train, recipe.steps) == ("sam_vit_b", 1e-3, "slopes", 7)
+    # every shipped recipe is a valid config (a key renamed or mistyped in one fails here, not in a 2 h run)
+    shipped = tc.list_recipes()
+    assert {"example", "basam_tiny_v6"} <= set(shipped)
+    for name in shipped:
+        own = tc.load_yaml(tc.recipe_path(name))
+        cfg = tc.resolve_config({"out": "o", **({} if "data" in own else {"data": ["x"]})}, recipe=name)
+        assert cfg.steps == own.get("steps", cfg.steps) and cfg.data, name
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("lr: 0.1\nlearning_rate: 0.2\n")
