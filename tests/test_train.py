@@ -823,7 +823,6 @@ def test_mixed_training_with_the_cache_runs_and_records_all_outputs(tmp_path, da
 
 def test_resume_of_a_run_from_before_the_new_settings(tmp_path, data):
     """A checkpoint whose config lacks point_single_weight/cache_side/copy_paste (older runs) had their defaults."""
-    from basam.errors import InputError
     from basam.train.trainer import _check_resume
 
     cfg = _cfg(tmp_path / "run", data)

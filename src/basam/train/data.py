@@ -508,8 +508,8 @@ class TrainSet(torch.utils.data.Dataset):
 
         rng = np.random.default_rng(_entropy(self.seed, position, 0xC09A57E))
         src_img, src_msk, _, _, _ = self._augmented(int(rng.integers(0, 2**62)))
-        rows, cols = torch.nonzero(src_msk, as_tuple=True)
-        y0, y1, x0, x1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+        x0, y0, x1, y1 = (int(v) for v in tight_box(src_msk.numpy()))
+        x1, y1 = x1 + 1, y1 + 1  # inclusive -> exclusive
         vh, vw = valid
         bh, bw = y1 - y0, x1 - x0
         scale = rng.uniform(0.4, 1.0) * min(1.0, vh / bh, vw / bw)
@@ -531,9 +531,8 @@ class TrainSet(torch.utils.data.Dataset):
 
     def __getitem__(self, position: int) -> dict:
         img, msk, valid, d, j = self._augmented(position)
-        if self.copy_paste > 0:
-            if np.random.default_rng(_entropy(self.seed, position, 0xC09A)).random() < self.copy_paste:
-                img, msk = self.paste(img, msk, valid, position)
+        if self.copy_paste > 0 and np.random.default_rng(_entropy(self.seed, position, 0xC09A)).random() < self.copy_paste:
+            img, msk = self.paste(img, msk, valid, position)
         rng = np.random.default_rng(_entropy(self.seed, position, 0x9A0E7))
         prompt = sample_prompt(msk.numpy(), self.prompt, rng, self.box_noise, valid)
         return {"image": img, "mask": msk, "prompt": prompt, "dataset": d, "index": j, "position": int(position),
