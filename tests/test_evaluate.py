@@ -470,10 +470,16 @@ def test_decoder_only_variants_reuse_the_encoding(tmp_path, ckpt, capsys, monkey
         argv = argv[:cut] + ["--resolutions", "192", "--attention", *attention] + argv[argv.index("--prompt"):]
         assert main(argv) == 0, capsys.readouterr().err
         rows = list(csv.DictReader((tmp_path / name / "per_image.csv").open()))
+        flags.update({(name, r["image"], r["attention"]): r["encoded"] for r in rows})
         return {(r["image"], r["attention"]): (r["iou_pred"], r["iou"]) for r in rows}
 
+    flags = {}
     shared = run("shared", ["basam", "basam:decoder", "nsf", "nsf:decoder"])
     assert len(encodes) == 3 * 2  # basam and nsf per image; their :decoder twins reuse the embedding
+    # per_image.csv says which rows' seconds include the encoder
+    images = {image for image, _ in shared}
+    assert len(images) == 3 and flags == {("shared", image, v): "0" if v.endswith(":decoder") else "1"
+                                          for image in images for v in ("basam", "basam:decoder", "nsf", "nsf:decoder")}
     encodes.clear()
     alone = run("alone", ["basam:decoder", "nsf:decoder"])
     assert len(encodes) == 3 * 2

@@ -349,12 +349,14 @@ def run(settings: EvalSettings, out: Path, device: str = "cpu", progress: bool =
                     # Variants that differ only in the decoder (``:decoder``) share one encoding:
                     # the encoder is most of the cost, and its output does not depend on them.
                     encoder_setting = (replace(config, decoder_nsf=False), sets_beta)
+                    encode = encoder_setting != encoded
                     t0 = time.perf_counter()
                     metrics, iou_pred = evaluate_image(predictor, image, gt, prompt, multimask, settings.hq_token_only,
-                                                       encode=encoder_setting != encoded)
+                                                       encode=encode)
                     encoded = encoder_setting
+                    # ``encoded`` 0: this row reused the previous row's encoding, its seconds are the decoder's
                     writer.write({**base, "resolution": r, "attention": p, "iou_pred": round(iou_pred, 8),
-                                  "seconds": round(time.perf_counter() - t0, 4), **_jsonable(metrics)})
+                                  "seconds": round(time.perf_counter() - t0, 4), "encoded": int(encode), **_jsonable(metrics)})
                     bar.update(1)
     finally:
         bar.close()
@@ -689,7 +691,7 @@ def write_reports(out: Path, settings: EvalSettings, datasets) -> dict:
     records = sorted(read_records(out).values(), key=lambda r: (r["dataset"], r["image"], int(r["resolution"]), r["attention"]))
     scanned = {d.name: [tuple(x) for x in d.skipped] for d in datasets}
     summary = summarize_records(records, settings, [d.name for d in datasets], scanned)
-    cols = ["dataset", "image", "resolution", "attention", "prompt", "iou_pred", *METRIC_COLUMNS, "seconds", "skipped"]
+    cols = ["dataset", "image", "resolution", "attention", "prompt", "iou_pred", *METRIC_COLUMNS, "seconds", "encoded", "skipped"]
     # Pairs the scan left out have no record (nothing was computed): one row each, with the reason.
     scan_rows = [{"dataset": name, "image": file, "skipped": reason} for name, pairs in scanned.items() for file, reason in pairs]
     per_image = sorted(records + scan_rows, key=lambda r: (r["dataset"], r["image"], int(r.get("resolution") or 0), r.get("attention") or ""))
