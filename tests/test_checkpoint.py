@@ -169,3 +169,38 @@ def test_pickled_code_is_refused_without_suggesting_weights_only_false(tmp_path,
     assert "never unpickles code" in msg and "posix.system" in msg and "\n" not in msg
     assert "weights_only" not in msg
     assert "this-must-never-run" not in capfd.readouterr().out
+
+
+def test_average_checkpoints_script_writes_the_mean_and_refuses_mismatched_files(tmp_path, mobile_ckpt):
+    """scripts/average_checkpoints.py: a uniform soup of two basam_tiny saves is their element-wise
+    mean, loads strictly, and records its sources; files of another model are refused, nothing written."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "average_checkpoints.py"
+    a = basam.load_model("basam_tiny")
+    b = basam.load_model("basam_tiny")
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(torch.randn_like(p))
+    save_model(a, tmp_path / "a.safetensors", {"step": "10"})
+    save_model(b, tmp_path / "b.safetensors", {"step": "20"})
+    out = tmp_path / "soup" / "mean.safetensors"
+    run = lambda *files: subprocess.run([sys.executable, str(script), *map(str, files), "--out", str(out)], capture_output=True, text=True)
+    r = run(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    assert r.returncode == 0, r.stderr
+    basam.load_model("basam_tiny", checkpoint=out)  # strict: every tensor, right shapes
+    soup, sa, sb = read_state_dict(out), a.state_dict(), b.state_dict()
+    for k in sa:
+        assert torch.allclose(soup[k], (sa[k] + sb[k]) / 2, atol=1e-6), k
+    assert [s["step"] for s in json.loads(read_metadata(out)["averaged_from"])] == ["10", "20"]
+
+    out.unlink()
+    save_model(basam.load_model("mobile_sam", checkpoint=mobile_ckpt[1], architecture=ARCH), tmp_path / "m.safetensors")
+    for files, says in (((tmp_path / "a.safetensors",), "two or more"),
+                        ((tmp_path / "a.safetensors", tmp_path / "m.safetensors"), "basam_model")):
+        r = run(*files)
+        assert r.returncode == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not out.exists()
