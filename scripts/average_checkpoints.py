@@ -84,7 +84,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         blob = save(sd, metadata=header)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(args.out, lambda f: f.write(blob))
-    except BasamError as e:
+    except (BasamError, OSError) as e:  # OSError: the output cannot be written
         print(f"average_checkpoints: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}: the mean of {len(args.checkpoints)} checkpoints, {len(sd)} tensors")
