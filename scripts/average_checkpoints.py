@@ -24,9 +24,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from basam.checkpoint import read_metadata, read_state_dict
+from basam.checkpoint import read_metadata, read_state_dict, save_state_dict
 from basam.errors import BasamError
-from basam.io import atomic_write
 
 #: header fields that must agree between the files (what the weights mean)
 MUST_AGREE = ("basam_model", "architecture", "attention", "trained_outputs")
@@ -46,12 +45,12 @@ def average_state_dicts(sds: Sequence[Dict[str, torch.Tensor]], names: Sequence[
     out = {}
     for k in first:
         if first[k].is_floating_point():
-            out[k] = (torch.stack([sd[k].float() for sd in sds]).mean(0)).to(first[k].dtype).contiguous()
+            out[k] = torch.stack([sd[k].float() for sd in sds]).mean(0).to(first[k].dtype)
         else:  # integer buffers (counters, indices) cannot be averaged: they must agree
             for sd, name in zip(sds[1:], names[1:]):
                 if not torch.equal(sd[k], first[k]):
                     raise BasamError(f"{name}: non-float tensor {k} differs from {names[0]}'s")
-            out[k] = first[k].contiguous()
+            out[k] = first[k]
     return out
 
 
@@ -79,11 +78,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         names = [str(p) for p in args.checkpoints]
         sd = average_state_dicts([read_state_dict(p) for p in args.checkpoints], names)
         header = {**metas[0], "averaged_from": json.dumps([{"file": n, "step": m.get("step")} for n, m in zip(names, metas)])}
-        from safetensors.torch import save
-
-        blob = save(sd, metadata=header)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(args.out, lambda f: f.write(blob))
+        save_state_dict(sd, args.out, header)
     except (BasamError, OSError) as e:  # OSError: the output cannot be written
         print(f"average_checkpoints: {e}", file=sys.stderr)
         return 2

@@ -18,9 +18,8 @@ import sys
 from pathlib import Path
 
 
-from basam.checkpoint import read_metadata, read_state_dict
+from basam.checkpoint import read_metadata, read_state_dict, save_state_dict
 from basam.errors import BasamError
-from basam.io import atomic_write
 
 TARGET = Path(__file__).resolve().parents[1] / "src" / "basam" / "weights" / "basam_tiny.safetensors"
 
@@ -42,20 +41,13 @@ def main(argv=None) -> int:
         spec = model.spec.encoder
         if any(getattr(spec, k) != (tuple(v) if isinstance(v, list) else v) for k, v in arch.items()):
             raise BasamError(f"{args.checkpoint} records architecture {arch}, which is not the registry's basam_tiny")
-        sd = {k: v.contiguous() for k, v in read_state_dict(args.checkpoint).items()}
-        header = {**meta, "architecture": "{}", "note": args.note}
-        atomic_write(args.out, lambda f: f.write(_serialize(sd, header)))
+        sd = read_state_dict(args.checkpoint)
+        save_state_dict(sd, args.out, {**meta, "architecture": "{}", "note": args.note})
     except BasamError as e:
         print(f"ship_basam_tiny: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB, {len(sd)} tensors, step {meta.get('step')})")
     return 0
-
-
-def _serialize(sd, header) -> bytes:
-    from safetensors.torch import save
-
-    return save(sd, metadata=header)
 
 
 if __name__ == "__main__":

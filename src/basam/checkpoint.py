@@ -186,9 +186,16 @@ def save_model(model: nn.Module, path: "str | os.PathLike[str]", metadata: Optio
     if trained != "all":
         meta["trained_outputs"] = trained
     meta.update(metadata or {})
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return save_state_dict(model.state_dict(), p, meta)
+
+
+def save_state_dict(sd: Mapping[str, Tensor], path: "str | os.PathLike[str]", metadata: Dict[str, str]) -> Path:
+    """Write ``sd`` as safetensors with ``metadata`` (str -> str) as the header, atomically (temp
+    file + rename; the folder is made if needed): a failure leaves no partial file."""
+    p = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
     p.parent.mkdir(parents=True, exist_ok=True)
-    blob = save(tensors, metadata=meta)
+    blob = save(tensors, metadata=dict(metadata))
     return atomic_write(p, lambda f: f.write(blob))
 
 
