@@ -429,6 +429,7 @@ def test_yaml_flags_precedence_unknown_keys_and_recipes(tmp_path, capsys, monkey
         (["train", "--data", "x", "--out", "o", "--prompt", "points:0"], "--prompt"),
         (["train", "--data", "x", "--out", "o", "--batch-size", "0"], "--batch-size"),
         (["train", "--data", "x", "--out", "o", "--copy-paste", "1.5"], "--copy-paste"),
+        (["train", "--data", "x", "--out", "o", "--point-interior", "2"], "--point-interior"),
     ]:
         capsys.readouterr()
         assert main(argv) == 2
@@ -679,6 +680,40 @@ def test_mixed_prompts_have_their_seeded_frequencies():
     assert again == kinds[:200]
 
 
+def test_interior_points_avoid_the_rim_and_thin_parts():
+    """--point-interior: one-point prompts drawn by squared distance from the boundary land well
+    inside the object (never on a one-pixel line the uniform draw often hits); 0 changes nothing."""
+    from basam.train.data import sample_prompt
+
+    mask = np.zeros((64, 64), bool)
+    mask[8:40, 8:40] = True  # a 32 px square ...
+    mask[50, 0:64] = True  # ... and a 64 px one-pixel line: 6 % of the object's pixels
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+
+    def draws(kind, interior, n=400):
+        out, on_line = [], 0
+        for i in range(n):
+            p = sample_prompt(mask, kind, np.random.default_rng([11, i]), 0.0, point_interior=interior)
+            x, y = p["coords"][0].astype(int)
+            assert mask[y, x] and p["labels"][0] == 1
+            out.append(depth[y, x])
+            on_line += int(y == 50)
+        return np.array(out), on_line
+
+    (uniform, line_u), (interior, line_i) = draws("point", 0.0), draws("point", 1.0)
+    assert line_u > 10 and line_i <= 2  # weight 1 of ~50,000 each: the line is (almost) never clicked
+    assert (interior <= 2).mean() < 0.25 * (uniform <= 2).mean()  # nor the rim
+    assert interior.mean() > 1.4 * uniform.mean()
+    assert draws("box+point", 1.0, 100)[0].mean() > 1.4 * uniform.mean()  # box + point's point too
+    half = draws("point", 0.5)[0]
+    assert uniform.mean() < half.mean() < interior.mean()
+    # 0 (the default) draws exactly what a run without the option drew
+    for i in range(50):
+        a = sample_prompt(mask, "mixed", np.random.default_rng([5, i]), 0.1)
+        b = sample_prompt(mask, "mixed", np.random.default_rng([5, i]), 0.1, point_interior=0.0)
+        assert a["kind"] == b["kind"] and all(np.array_equal(a[k], b[k]) for k in ("coords", "labels", "box"))
+
+
 def test_prompt_points_lie_inside_or_outside_as_labelled():
     from basam.train.data import sample_prompt
 
@@ -827,7 +862,7 @@ def test_resume_of_a_run_from_before_the_new_settings(tmp_path, data):
 
     cfg = _cfg(tmp_path / "run", data)
     old = cfg.to_dict()
-    for k in ("point_single_weight", "cache_side", "cache_dir", "val_prompt", "val_single", "copy_paste"):
+    for k in ("point_single_weight", "cache_side", "cache_dir", "val_prompt", "val_single", "copy_paste", "point_interior"):
         old.pop(k)
     state = {"config": old, "sampler": {"global_batch": cfg.batch_size * cfg.grad_accum}}
     _check_resume(cfg, state, 1)  # accepted
@@ -923,6 +958,8 @@ def test_copy_paste_pastes_an_object_inside_the_image_and_targets_one_of_the_two
     assert 4 <= same <= 20  # about half the samples untouched
     with pytest.raises(InputError, match="copy_paste"):
         TrainSet(sets, weights, copy_paste=1.5, **kw)
+    with pytest.raises(InputError, match="point_interior"):
+        TrainSet(sets, weights, point_interior=-0.1, **kw)
 
 
 def test_negative_clicks_stay_on_the_image_not_the_padding():

@@ -69,6 +69,7 @@ class TrainConfig:
     prompt: str = "point"
     box_noise: float = 0.1
     point_single_weight: float = 0.0
+    point_interior: float = 0.0
     cache_dir: Optional[str] = None
     cache_side: int = 0
     num_workers: int = 2
@@ -112,7 +113,7 @@ class TrainConfig:
 #: may everything about validation, logging, saving and the machine.
 RUN_DEFINING = (
     "model", "checkpoint", "architecture", "attention", "beta", "dist", "nsf_count", "decoder_nsf", "hq_fusion", "train",
-    "data", "resolution", "frame", "crop_scale", "crop_ratio", "hflip", "color_jitter", "copy_paste", "prompt", "box_noise", "point_single_weight", "cache_side", "seed", "batch_size", "grad_accum",
+    "data", "resolution", "frame", "crop_scale", "crop_ratio", "hflip", "color_jitter", "copy_paste", "prompt", "box_noise", "point_single_weight", "point_interior", "cache_side", "seed", "batch_size", "grad_accum",
     "lr", "min_lr", "warmup", "weight_decay", "betas", "grad_clip", "bce_weight", "dice_weight", "iou_weight", "precision",
 )
 
@@ -321,6 +322,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option("box_noise", _nonneg(_float), "box prompts: std of the corner noise as a fraction of the box side (default 0.1)", "F", "data"),
     Option("point_single_weight", _nonneg(_float), "one-point prompts: weight of the single-mask output's loss beside the best "
            "multimask candidate's (default 0: SAM's rule, the single-mask token learns from boxes and several points only)", "W", "data"),
+    Option("point_interior", _probability, "one-point prompts: probability that the point is drawn weighted by its squared "
+           "distance from the mask boundary (well inside the object, where people click) instead of uniformly (default 0)", "P", "data"),
     Option("cache_dir", _opt(_str), "decode each image once into this folder (uint8 .npz, keyed by path, size and mtime) "
            "instead of decoding JPEGs every step", "DIR", "data"),
     Option("cache_side", _nonneg(_int), "shrink images to this longest side once, before augmentation (0: keep; default 0)", "PX", "data"),

@@ -51,7 +51,9 @@ Prompts (``--prompt``), from the augmented mask, in pixels of the R x R input:
 :data:`MIXED_KINDS`: one point (30 %), 2-5 points with negatives (20 %), a box (15 %), box + point
 (15 %), or a refinement sample (20 %: a point or a box whose first prediction the trainer feeds
 back as the mask input with a corrective point drawn from its error region, as SAM's
-interactive training does; see :func:`corrective_point`).
+interactive training does; see :func:`corrective_point`). ``--point-interior P``: the one-point
+prompts' pixel is, with probability P, drawn weighted by its squared distance from the boundary
+(well inside the object, where people click) instead of uniformly.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import Tensor
 
 from ..data.prompts import tight_box
@@ -241,6 +244,18 @@ def _noisy_box(mask: np.ndarray, rng: np.random.Generator, box_noise: float) -> 
     return box.astype(np.float32)
 
 
+def _interior_pixel(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One foreground pixel drawn with probability proportional to its squared distance from the
+    mask boundary (the image edge counts as boundary, as for the evaluation's ``center`` point):
+    where people click, well inside the object rather than on its rim. (1, 2) float32 x, y."""
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1, constant_values=False))[1:-1, 1:-1]
+    flat = np.flatnonzero(mask)
+    weight = dist.ravel()[flat] ** 2
+    pick = int(rng.choice(flat.size, p=weight / weight.sum()))
+    row, col = divmod(int(flat[pick]), mask.shape[1])
+    return np.array([[col, row]], dtype=np.float32)
+
+
 def _pixels(flat: np.ndarray, k: int, rng: np.random.Generator, w: int) -> np.ndarray:
     """``k`` of the row-major pixel indices ``flat`` (without replacement where there are enough) as (k, 2) x, y."""
     pick = rng.choice(flat.size, size=k, replace=flat.size < k)
@@ -294,14 +309,17 @@ MIXED_NEG_PROB = 0.3
 
 
 def sample_prompt(mask: np.ndarray, kind: str, rng: np.random.Generator, box_noise: float = 0.0,
-                  valid: Optional[Tuple[int, int]] = None) -> dict:
+                  valid: Optional[Tuple[int, int]] = None, point_interior: float = 0.0) -> dict:
     """A training prompt from a non-empty (R, R) bool mask, in its pixel frame. ``valid``: the
     (h, w) top-left part that is image (the rest padding; negative clicks stay inside it).
 
     Kinds: ``point`` (one foreground pixel), ``points:K`` (K foreground pixels), ``box`` (the
     tight box with corner noise), ``box+point`` (a noisy box and one foreground pixel),
     ``refine`` (a ``point`` or ``box`` prompt, equally likely, marked for the refinement pass),
-    ``mixed`` (one of :data:`MIXED_KINDS` with its probability).
+    ``mixed`` (one of :data:`MIXED_KINDS` with its probability). ``point_interior``: probability
+    that the foreground pixel of a one-point prompt (``point``, ``box+point``, a point ``refine``)
+    is drawn by :func:`_interior_pixel` instead of uniformly (0, the default, draws nothing extra
+    from ``rng``: the prompts of a run without it are unchanged).
 
     Returns ``{"coords": (K, 2) float32 x, y or None, "labels": (K,) int64 (1 foreground, 0
     background) or None, "box": (4,) float32 x0, y0, x1, y1 or None, "kind": the kind drawn,
@@ -324,7 +342,10 @@ def sample_prompt(mask: np.ndarray, kind: str, rng: np.random.Generator, box_noi
     if base in ("box", "box+point"):
         out["box"] = _noisy_box(mask, rng, box_noise)
     if base in ("point", "box+point"):
-        out["coords"] = _pixels(_foreground(mask), 1, rng, w)
+        if point_interior > 0 and rng.random() < point_interior:
+            out["coords"] = _interior_pixel(mask, rng)
+        else:
+            out["coords"] = _pixels(_foreground(mask), 1, rng, w)
         out["labels"] = np.ones(1, dtype=np.int64)
     elif base.startswith("points:"):
         out["coords"], out["labels"] = _points_prompt(mask, int(base.split(":")[1]), rng, neg_prob, valid)
@@ -365,7 +386,7 @@ class TrainSet(torch.utils.data.Dataset):
     def __init__(self, datasets: Sequence, weights: Sequence[float], *, resolution: int, seed: int, prompt: str = "point",
                  crop_scale: Sequence[float] = (0.5, 1.0), crop_ratio: Sequence[float] = (3 / 4, 4 / 3), hflip: float = 0.5,
                  box_noise: float = 0.1, cache_dir: Optional[str] = None, cache_side: int = 0, color_jitter: float = 0.0,
-                 frame: str = "square", copy_paste: float = 0.0) -> None:
+                 frame: str = "square", copy_paste: float = 0.0, point_interior: float = 0.0) -> None:
         if frame not in FRAMES:
             raise InputError(f"frame must be one of {', '.join(FRAMES)}, got {frame!r}")
         self.frame = frame
@@ -385,6 +406,9 @@ class TrainSet(torch.utils.data.Dataset):
             raise InputError(f"copy_paste must be a probability in [0, 1], got {copy_paste}")
         self.copy_paste = float(copy_paste)
         self.box_noise = float(box_noise)
+        if not 0.0 <= float(point_interior) <= 1.0:
+            raise InputError(f"point_interior must be a probability in [0, 1], got {point_interior}")
+        self.point_interior = float(point_interior)
         self._transforms = None
 
     def __len__(self) -> int:  # one epoch; positions beyond are valid too (the stream is infinite)
@@ -534,7 +558,7 @@ class TrainSet(torch.utils.data.Dataset):
         if self.copy_paste > 0 and np.random.default_rng(_entropy(self.seed, position, 0xC09A)).random() < self.copy_paste:
             img, msk = self.paste(img, msk, valid, position)
         rng = np.random.default_rng(_entropy(self.seed, position, 0x9A0E7))
-        prompt = sample_prompt(msk.numpy(), self.prompt, rng, self.box_noise, valid)
+        prompt = sample_prompt(msk.numpy(), self.prompt, rng, self.box_noise, valid, self.point_interior)
         return {"image": img, "mask": msk, "prompt": prompt, "dataset": d, "index": j, "position": int(position),
                 "valid": valid}
 

@@ -582,7 +582,7 @@ class _Training:
         self.val_sets = _open_val_sets(cfg.val_data)
         self.trainset = TrainSet(datasets, weights, resolution=cfg.resolution, seed=cfg.seed, prompt=cfg.prompt,
                                  crop_scale=cfg.crop_scale, crop_ratio=cfg.crop_ratio, hflip=cfg.hflip, color_jitter=cfg.color_jitter,
-                                 copy_paste=cfg.copy_paste, box_noise=cfg.box_noise, cache_dir=cfg.cache_dir, cache_side=cfg.cache_side, frame=cfg.frame)
+                                 copy_paste=cfg.copy_paste, point_interior=cfg.point_interior, box_noise=cfg.box_noise, cache_dir=cfg.cache_dir, cache_side=cfg.cache_side, frame=cfg.frame)
 
         # 3. Model: random init (seeded), initial weights, or the checkpoint resumed.
         torch.manual_seed(cfg.seed)
