@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Two measurements behind basam_tiny v4's recipe (docs/results/README.md, "What was tried").
+"""Measurements behind basam_tiny's recipes (docs/results/README.md, "What was tried").
 
     python scripts/basam_tiny_diagnostics.py frame --checkpoint docs/results/v2_v3/basam_tiny_v2_step6000.safetensors --n 150
     python scripts/basam_tiny_diagnostics.py ceiling
+    python scripts/basam_tiny_diagnostics.py disc [--checkpoint C] [--label v7]
+    python scripts/basam_tiny_diagnostics.py testtime [--checkpoint C] [--n 400]
 
 ``frame``: one model on the first N DUTS-TE images, one interior point, 256 px, in the two frames an
 image can be given to it: SAM's (longest side 256, aspect kept, zero padding: what basam.Predictor
@@ -13,6 +15,15 @@ aspect ratio. Prints mean IoU, best of three and single-mask, per frame.
 ``ceiling``: the IoU a perfect mask predictor reaches on DUTS-TE at 256 px when its logits live on a
 grid of stride 4 (SAM's low-res masks) or 16 (one value per token): the ground truth area-averaged
 onto that grid, upsampled bilinearly to the original size as the predictor does, thresholded at 0.5.
+
+``disc``: the synthetic disc of tests/test_basam_tiny.py (radius 80 in a 300 x 400 image, one click
+at its centre) at 256, 512, 768 and 1024 px under ``vanilla``, ``nsf`` and ``basam`` attention: IoU
+of the model's pick of its three candidates / of the single-mask output, as Markdown table rows.
+
+``testtime``: whether inference-time tricks would close the single-mask gap, on the first N DUTS-TE
+images (centre point, 256 px): the single-mask output as is, after one and two passes that feed its
+own low-res logits back as the mask prompt (same click), and averaged with the prediction on the
+horizontally flipped image; the best of three and the model's pick beside them.
 """
 
 from __future__ import annotations
@@ -91,6 +102,67 @@ def ceiling(args) -> None:
         print(f"  stride {stride:2d}: {np.mean(v):.3f}")
 
 
+def _disc_image():
+    h, w = 300, 400
+    yy, xx = np.mgrid[0:h, 0:w]
+    disc = (yy - 150) ** 2 + (xx - 200) ** 2 < 80**2
+    rng = np.random.default_rng(0)
+    image = np.where(disc[..., None], [230, 60, 40], [30, 40, 60]).astype(np.float64) + rng.normal(0, 8, (h, w, 3))
+    return np.clip(image, 0, 255).astype(np.uint8), disc
+
+
+def disc(args) -> None:
+    import basam
+
+    image, target = _disc_image()
+    click, fg = np.array([[200, 150]]), np.array([1])
+    for att in ("vanilla", "nsf", "basam"):
+        model = basam.load_model("basam_tiny", checkpoint=args.checkpoint, attention=att)
+        row = []
+        for r in (256, 512, 768, 1024):
+            p = basam.Predictor(model, resolution=r)
+            p.set_image(image)
+            masks, scores, _ = p.predict(point_coords=click, point_labels=fg)
+            single, _, _ = p.predict(point_coords=click, point_labels=fg, multimask_output=False)
+            row.append(f"{_iou(masks[int(np.argmax(scores))], target):.2f} / {_iou(single[0], target):.2f}")
+        print(f"| {args.label} {att} | " + " | ".join(row) + " |")
+
+
+def testtime(args) -> None:
+    import basam
+    from basam.data.datasets import open_data_spec
+    from basam.data.prompts import make_prompt
+
+    model = basam.load_model("basam_tiny", checkpoint=args.checkpoint, attention="vanilla")
+    pred = basam.Predictor(model, resolution=args.resolution)
+    ds = open_data_spec(args.data)[0]
+    rows = {k: [] for k in ("single-mask", "+1 self-refinement pass", "+2 self-refinement passes",
+                            "flip-averaged single-mask", "best of 3", "model's pick of 3")}
+    for i in range(min(args.n, len(ds))):
+        image, gt = ds.load(i)
+        gt = gt.astype(bool)
+        pr = make_prompt(gt, "center")
+        kw = dict(point_coords=pr.point_coords, point_labels=pr.point_labels, return_logits=True)
+        pred.set_image(image)
+        single, _, low = pred.predict(multimask_output=False, **kw)
+        rows["single-mask"].append(_iou(single[0] >= 0, gt))
+        for n in (1, 2):
+            again, _, low = pred.predict(mask_input=low, multimask_output=False, **kw)
+            rows[f"+{n} self-refinement pass{'es' if n > 1 else ''}"].append(_iou(again[0] >= 0, gt))
+        three, scores, _ = pred.predict(multimask_output=True, **kw)
+        ious = [_iou(m >= 0, gt) for m in three]
+        rows["best of 3"].append(max(ious))
+        rows["model's pick of 3"].append(ious[int(np.argmax(scores))])
+        pred.set_image(np.ascontiguousarray(image[:, ::-1]))
+        flipped = pr.point_coords.copy()
+        flipped[:, 0] = image.shape[1] - 1 - flipped[:, 0]
+        mirrored, _, _ = pred.predict(point_coords=flipped, point_labels=pr.point_labels, multimask_output=False, return_logits=True)
+        rows["flip-averaged single-mask"].append(_iou((single[0] + mirrored[0][:, ::-1]) / 2 >= 0, gt))
+    print(f"{len(rows['best of 3'])} images of {args.data}, centre point, {args.resolution} px: mean IoU")
+    for name, v in rows.items():
+        print(f"  {name:27s} {np.mean(v):.4f}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -98,11 +170,17 @@ def main(argv=None) -> int:
     f.add_argument("--checkpoint", required=True)
     f.add_argument("--n", type=int, default=150)
     c = sub.add_parser("ceiling", help="the IoU ceiling of stride-4 and stride-16 masks")
-    for p in (f, c):
+    d = sub.add_parser("disc", help="the synthetic disc at 1x-4x the training grid, three attention modes")
+    d.add_argument("--checkpoint", help="basam_tiny weights (default: the bundled ones)")
+    d.add_argument("--label", default="basam_tiny", help="row label")
+    t = sub.add_parser("testtime", help="self-refinement and flip averaging of the single-mask output")
+    t.add_argument("--checkpoint", help="basam_tiny weights (default: the bundled ones)")
+    t.add_argument("--n", type=int, default=400)
+    for p in (f, c, t):
         p.add_argument("--data", default="../shared/data/duts-te")
         p.add_argument("--resolution", type=int, default=256)
     args = ap.parse_args(argv)
-    frame(args) if args.what == "frame" else ceiling(args)
+    {"frame": frame, "ceiling": ceiling, "disc": disc, "testtime": testtime}[args.what](args)
     return 0
 
 

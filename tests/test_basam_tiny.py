@@ -122,9 +122,11 @@ def test_ship_script_writes_a_strictly_loading_file_and_refuses_others(tmp_path)
     assert not (tmp_path / "b.safetensors").exists()
 
 
-def test_diagnostics_frame_and_ceiling(tmp_path):
+def test_diagnostics(tmp_path):
     """scripts/basam_tiny_diagnostics.py on a synthetic folder: the ceiling of a stride-4 mask grid
-    is at least the stride-16 one and both are IoUs; the frame check scores both frames."""
+    is at least the stride-16 one and both are IoUs; the frame check scores both frames; the
+    test-time check scores its six rows (best of 3 at least the model's pick); the disc check gives
+    a row per attention mode with four resolutions."""
     import re
     import subprocess
     import sys
@@ -150,3 +152,13 @@ def test_diagnostics_frame_and_ceiling(tmp_path):
                          capture_output=True, text=True, check=True).stdout
     scores = [float(x) for x in re.findall(r"(?:best of 3|single-mask) ([0-9.]+)", out)]
     assert len(scores) == 4 and all(0 <= x <= 1 for x in scores) and "SAM's frame" in out and "squashed" in out
+    out = subprocess.run(script + ["testtime", "--data", str(data), "--n", "2"], capture_output=True, text=True, check=True).stdout
+    rows = dict(re.findall(r"^  (\S.*?)\s+([0-9.]+)$", out, flags=re.M))
+    assert len(rows) == 6 and all(0 <= float(v) <= 1 for v in rows.values()), out
+    assert float(rows["best of 3"]) >= float(rows["model's pick of 3"]) and "2 images" in out
+    out = subprocess.run(script + ["disc", "--label", "bundled"], capture_output=True, text=True, check=True).stdout
+    lines = [ln for ln in out.splitlines() if ln.startswith("| bundled ")]
+    assert [ln.split()[2] for ln in lines] == ["vanilla", "nsf", "basam"], out
+    cells = [[float(x) for x in re.findall(r"([0-9.]+) / ([0-9.]+)", ln) for x in x] for ln in lines]
+    assert all(len(c) == 8 and all(0 <= x <= 1 for x in c) for c in cells)
+    assert cells[0][0] > 0.5  # the model's pick at 256 px, as test_basam_tiny_segments_a_centred_object asks
