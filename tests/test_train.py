@@ -707,7 +707,12 @@ def test_interior_points_avoid_the_rim_and_thin_parts():
     assert draws("box+point", 1.0, 100)[0].mean() > 1.4 * uniform.mean()  # box + point's point too
     half = draws("point", 0.5)[0]
     assert uniform.mean() < half.mean() < interior.mean()
-    # 0 (the default) draws exactly what a run without the option drew
+    # 0 (the default) draws exactly what a run without the option drew: one uniform pixel, nothing more
+    from basam.train.data import _pixels
+
+    for i in range(50):
+        p = sample_prompt(mask, "point", np.random.default_rng([5, i]), 0.0, point_interior=0.0)
+        assert np.array_equal(p["coords"], _pixels(np.flatnonzero(mask), 1, np.random.default_rng([5, i]), 64))
     for i in range(50):
         a = sample_prompt(mask, "mixed", np.random.default_rng([5, i]), 0.1)
         b = sample_prompt(mask, "mixed", np.random.default_rng([5, i]), 0.1, point_interior=0.0)

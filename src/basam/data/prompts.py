@@ -109,8 +109,15 @@ def _random_point(m: np.ndarray, seed: int, key: str) -> tuple[int, int]:
     return col, row
 
 
+def boundary_distance(m: np.ndarray) -> np.ndarray:
+    """(H, W) float64: each foreground pixel's Euclidean distance to the nearest background pixel
+    of the (H, W) bool mask ``m``, the image edge counting as background; 0 on the background.
+    The depth the ``center`` prompt maximises (and training's interior clicks are weighted by)."""
+    return ndimage.distance_transform_edt(np.pad(m, 1, constant_values=False))[1:-1, 1:-1]
+
+
 def _center_point(m: np.ndarray) -> tuple[int, int]:
-    dist = ndimage.distance_transform_edt(np.pad(m, 1, constant_values=False))[1:-1, 1:-1]
+    dist = boundary_distance(m)
     idx = int(np.argmax(dist))  # first maximum in row-major order
     row, col = divmod(idx, m.shape[1])
     return col, row

@@ -66,10 +66,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torch import Tensor
 
-from ..data.prompts import tight_box
+from ..data.prompts import boundary_distance, tight_box
 from ..errors import InputError
 
 __all__ = [
@@ -248,9 +247,8 @@ def _interior_pixel(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One foreground pixel drawn with probability proportional to its squared distance from the
     mask boundary (the image edge counts as boundary, as for the evaluation's ``center`` point):
     where people click, well inside the object rather than on its rim. (1, 2) float32 x, y."""
-    dist = ndimage.distance_transform_edt(np.pad(mask, 1, constant_values=False))[1:-1, 1:-1]
     flat = np.flatnonzero(mask)
-    weight = dist.ravel()[flat] ** 2
+    weight = boundary_distance(mask).ravel()[flat] ** 2
     pick = int(rng.choice(flat.size, p=weight / weight.sum()))
     row, col = divmod(int(flat[pick]), mask.shape[1])
     return np.array([[col, row]], dtype=np.float32)
