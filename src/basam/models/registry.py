@@ -219,7 +219,7 @@ register(ModelSpec(
     ),
 ))
 # basam's own demonstration model: SAM's architecture, small, trained from scratch at 256 px on a few
-# thousand salient-object and polyp images (recipes basam_tiny_v5, v6, v7, v8, then v9; see the README for how good it is).
+# thousand salient-object and polyp images (recipes basam_tiny_v5, v6, v7, v8, v9, then v10b; see the README for how good it is).
 # An HQ variant for the fusion study: architecture={"hq": True} (HQ modules trained with --train hq).
 register(ModelSpec(
     "basam_tiny",
